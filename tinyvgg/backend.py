@@ -52,6 +52,7 @@ __all__ = [
     "get_array_module",
     "to_device",
     "to_host",
+    "move",
     "is_device_array",
     "check_same_device",
     "seed",
@@ -110,6 +111,7 @@ _global = {"device": CPU, "seed": 0}
 _host_rng = numpy.random.default_rng(0)
 _device_rng = {"gen": None, "for": None}
 _transfers = {"host_to_device": 0, "device_to_host": 0}
+_known_devices = []  # every non-host device used so far, so to_host can bring their arrays back
 
 
 class GPUUnavailableError(RuntimeError):
@@ -168,6 +170,8 @@ def use(dev):
     else:
         raise ValueError(f"use(): unknown device {dev!r}; expected 'cpu' or 'gpu'")
     _global["device"] = new
+    if new not in _known_devices:
+        _known_devices.append(new)
     _device_rng["gen"] = None
     return new
 
@@ -224,11 +228,19 @@ def to_device(a, dtype=None):
 
 def to_host(a):
     """Return ``a`` as a host ``numpy.ndarray``. Counts device-to-host copies."""
-    dev = _global["device"]
-    if not dev.is_host and isinstance(a, dev.array_type):
-        _transfers["device_to_host"] += 1
-        return dev.asnumpy(a)
+    for dev in [_global["device"]] + _known_devices:
+        if not dev.is_host and isinstance(a, dev.array_type):
+            _transfers["device_to_host"] += 1
+            return dev.asnumpy(a)
     return numpy.asarray(a)
+
+
+def move(a):
+    """Return ``a`` on the current device, wherever it was (counted like the
+    copies of :func:`to_device` and :func:`to_host`)."""
+    if _global["device"].is_host:
+        return to_host(a)
+    return to_device(to_host(a) if not is_device_array(a) else a)
 
 
 def transfer_counts():

@@ -1,0 +1,517 @@
+"""The layers of VGG, each a small class with ``forward`` and a hand-written ``backward``.
+
+Notation
+--------
+N  batch      C  channels      H, W  height, width      F  output channels
+KH, KW  kernel      SH, SW  stride      PH, PW  padding
+OH = (H + 2*PH - KH) // SH + 1          OW = (W + 2*PW - KW) // SW + 1
+
+The contract every layer keeps
+------------------------------
+- ``forward(x, train=True) -> y`` and ``backward(dy) -> dx``; ``backward`` uses
+  what the last ``forward`` cached, and calling it before any forward is an error.
+- Learnable arrays live in ``layer.params`` (``"weight"``, ``"bias"``); ``backward``
+  writes their gradients into ``layer.grads`` under the same names and shapes,
+  overwriting (never accumulating). BatchNorm's running statistics live in
+  ``layer.buffers``. Each layer owns its own dicts: nothing is shared.
+- Layers with parameters take ``dtype=`` (default float32) and refuse input of
+  another float dtype instead of silently computing in float64.
+- Bad input raises ``ValueError`` (:class:`ShapeError`) naming the layer and the
+  shapes; a host array given to a layer whose parameters live on the GPU (or the
+  reverse) raises ``TypeError`` (see :func:`tinyvgg.backend.check_same_device`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+from .ops import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward, pair
+from .ops.im2col import conv_output_size
+
+__all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
+           "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
+
+
+class ShapeError(ValueError):
+    """An input whose shape, size or values a layer cannot take."""
+
+
+def _shape(a):
+    return tuple(getattr(a, "shape", ()))
+
+
+class Layer:
+    """Base class: parameter dicts, device moves and the checks every layer shares."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self._cache = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ""
+
+    # -- the two passes (subclasses implement) ------------------------------
+    def forward(self, x, train=True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x, train=True):
+        return self.forward(x, train=train)
+
+    # -- helpers -------------------------------------------------------------
+    def to(self, device=None):
+        """Move parameters and buffers to ``device`` (``"cpu"``/``"gpu"``; default:
+        the current backend device). Naming a device other than the current one
+        switches the backend to it (``backend.use``), so data and model move
+        together. Returns ``self``."""
+        if device is not None and device != backend.current():
+            backend.use(device)
+        for d in (self.params, self.buffers):
+            for k in d:
+                d[k] = backend.move(d[k])
+        self.grads = {}
+        self._cache = None
+        return self
+
+    def _check_input(self, x, ndim=None, channels=None, channel_axis=1, what="(N, C, H, W)"):
+        name = repr(self)
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+        if ndim is not None and x.ndim != ndim:
+            raise ShapeError(f"{name}: expected a {ndim}-D input {what}, got shape {_shape(x)}")
+        if channels is not None and x.shape[channel_axis] != channels:
+            raise ShapeError(f"{name}: expected {channels} channels at axis {channel_axis} "
+                             f"of input {what}, got shape {_shape(x)}")
+        if x.ndim >= 1 and x.shape[0] == 0:
+            raise ShapeError(f"{name}: empty batch (input shape {_shape(x)})")
+        if self.params:
+            backend.check_same_device(name, x, *self.params.values())
+            pdtype = next(iter(self.params.values())).dtype
+            if x.dtype != pdtype:
+                raise TypeError(f"{name}: parameters are {pdtype} but the input is {x.dtype}; "
+                                f"convert the input with .astype({pdtype}) (no silent up-casts)")
+        elif not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{name}: expected a floating-point input, got {x.dtype}")
+
+    def _cached(self):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward() "
+                               f"(or after the layer was moved)")
+        return self._cache
+
+    def _check_dy(self, dy, expected_shape):
+        if _shape(dy) != tuple(expected_shape):
+            raise ShapeError(f"{self!r}: backward expected dy of shape {tuple(expected_shape)} "
+                             f"(the forward output), got {_shape(dy)}")
+
+
+def _positive(owner, **values):
+    for k, v in values.items():
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(int(u) != u or u <= 0 for u in vals):
+            raise ValueError(f"{owner}: {k} must be a positive integer, got {v!r}")
+
+
+def _init_normal(shape, std, dtype):
+    # Drawn on the host so CPU and GPU start from the same numbers.
+    return backend.to_device(backend.host_rng().normal(0.0, std, size=shape).astype(dtype))
+
+
+def _zeros(shape, dtype):
+    return backend.to_device(np.zeros(shape, dtype=dtype))
+
+
+class Conv2d(Layer):
+    """2-D convolution by im2col and one matrix product per pass.
+
+    ``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True)``
+
+    Shapes: x (N, C, H, W) -> y (N, F, OH, OW), with
+    OH = (H + 2*PH - KH) // SH + 1 and OW = (W + 2*PW - KW) // SW + 1.
+    ``kernel_size``, ``stride`` and ``padding`` are ints or (h, w) pairs:
+    non-square kernels work. Parameters: ``weight`` (F, C, KH, KW), ``bias`` (F,).
+    Initialised from N(0, 0.01^2) with zero bias (the paper's scheme for net A);
+    :mod:`tinyvgg.models.init` re-initialises whole models.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 bias=True, dtype=np.float32):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        _positive("Conv2d", in_channels=in_channels, out_channels=out_channels,
+                  kernel_size=self.kernel_size, stride=self.stride)
+        if min(self.padding) < 0:
+            raise ValueError(f"Conv2d: padding must be >= 0, got {padding!r}")
+        self.dtype = np.dtype(dtype)
+        kh, kw = self.kernel_size
+        self.params["weight"] = _init_normal((self.out_channels, self.in_channels, kh, kw), 0.01, self.dtype)
+        if bias:
+            self.params["bias"] = _zeros((self.out_channels,), self.dtype)
+
+    def extra_repr(self):
+        k = self.kernel_size[0] if self.kernel_size[0] == self.kernel_size[1] else self.kernel_size
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={k}"
+        if self.stride != (1, 1):
+            s += f", stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        return s
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape
+        return (n, self.out_channels,
+                conv_output_size(h, self.kernel_size[0], self.stride[0], self.padding[0]),
+                conv_output_size(w, self.kernel_size[1], self.stride[1], self.padding[1]))
+
+    def forward(self, x, train=True):
+        self._check_input(x, ndim=4, channels=self.in_channels)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+            raise ShapeError(f"{self!r}: kernel {self.kernel_size} is larger than the padded input "
+                             f"{(x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)} (input shape {_shape(x)})")
+        y, cache = conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                  self.stride, self.padding)
+        self._cache = (cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        cache, y_shape = self._cached()
+        self._check_dy(dy, y_shape)
+        dx, dw, db = conv2d_backward(dy, cache)
+        self.grads = {"weight": dw}
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+
+class MaxPool2d(Layer):
+    """Max-pooling, ``MaxPool2d(kernel_size=2, stride=2, padding=0)``; pads with -inf.
+
+    Shapes: x (N, C, H, W) -> y (N, C, OH, OW), OH = (H + 2*PH - KH) // SH + 1.
+    When a window holds several equal maxima, the first in row-major order
+    (top-most, then left-most) receives the whole gradient.
+    """
+
+    def __init__(self, kernel_size=2, stride=2, padding=0):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride if stride is not None else kernel_size, "stride")
+        self.padding = pair(padding, "padding")
+        _positive("MaxPool2d", kernel_size=self.kernel_size, stride=self.stride)
+        if min(self.padding) < 0 or any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"MaxPool2d: padding must be between 0 and half the kernel, "
+                             f"got padding={padding!r} for kernel_size={kernel_size!r}")
+
+    def extra_repr(self):
+        s = f"kernel_size={self.kernel_size[0] if self.kernel_size[0] == self.kernel_size[1] else self.kernel_size}"
+        s += f", stride={self.stride[0] if self.stride[0] == self.stride[1] else self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        return s
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape
+        return (n, c, conv_output_size(h, self.kernel_size[0], self.stride[0], self.padding[0]),
+                conv_output_size(w, self.kernel_size[1], self.stride[1], self.padding[1]))
+
+    def forward(self, x, train=True):
+        self._check_input(x, ndim=4)
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
+            raise ShapeError(f"{self!r}: window {self.kernel_size} is larger than the padded input "
+                             f"{(x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)} (input shape {_shape(x)})")
+        y, cache = maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        cache, y_shape = self._cached()
+        self._check_dy(dy, y_shape)
+        return maxpool2d_backward(dy, cache)
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0)."""
+
+    def forward(self, x, train=True):
+        self._check_input(x)
+        xp = backend.get_array_module(x)
+        mask = x > 0
+        self._cache = mask
+        return xp.multiply(x, mask, dtype=x.dtype)
+
+    def backward(self, dy):
+        mask = self._cached()
+        self._check_dy(dy, mask.shape)
+        xp = backend.get_array_module(dy)
+        return xp.multiply(dy, mask, dtype=dy.dtype)
+
+
+class Dropout(Layer):
+    """Inverted dropout: ``Dropout(p=0.5)``, ``p`` the probability of dropping a unit.
+
+    Training: each unit is zeroed with probability ``p`` and the survivors are
+    scaled by ``1 / (1 - p)``, so the expected activation is unchanged and the
+    test-time pass is the identity (nothing to rescale at test time).
+    ``train=False``: the identity. Any shape.
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p (the probability of dropping) must be in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, x, train=True):
+        self._check_input(x)
+        if not train or self.p == 0.0:
+            self._cache = None
+            self._identity_shape = x.shape
+            return x
+        xp = backend.get_array_module(x)
+        if self.p == 1.0:
+            mask = xp.zeros(x.shape, dtype=x.dtype)
+        else:
+            keep = backend.rng().random(x.shape, dtype=np.float32) >= self.p
+            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._cache = mask
+        self._identity_shape = None
+        return x * mask
+
+    def backward(self, dy):
+        if self._cache is None and getattr(self, "_identity_shape", None) is not None:
+            self._check_dy(dy, self._identity_shape)
+            return dy
+        mask = self._cached()
+        self._check_dy(dy, mask.shape)
+        return dy * mask
+
+
+class Linear(Layer):
+    """Fully connected layer: ``y = x @ weight.T + bias``.
+
+    Shapes: x (N, in_features) -> y (N, out_features); ``weight`` (out, in), ``bias`` (out,).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+        super().__init__()
+        _positive("Linear", in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.dtype = np.dtype(dtype)
+        self.params["weight"] = _init_normal((self.out_features, self.in_features), 0.01, self.dtype)
+        if bias:
+            self.params["bias"] = _zeros((self.out_features,), self.dtype)
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}"
+
+    def forward(self, x, train=True):
+        self._check_input(x, ndim=2, channels=self.in_features, what="(N, in_features)")
+        y = x @ self.params["weight"].T
+        if "bias" in self.params:
+            y += self.params["bias"]
+        self._cache = x
+        return y
+
+    def backward(self, dy):
+        x = self._cached()
+        self._check_dy(dy, (x.shape[0], self.out_features))
+        self.grads = {"weight": dy.T @ x}
+        if "bias" in self.params:
+            self.grads["bias"] = dy.sum(axis=0)
+        return dy @ self.params["weight"]
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), in C-order (so it matches PyTorch's ``flatten(1)``)."""
+
+    def forward(self, x, train=True):
+        self._check_input(x)
+        if x.ndim < 2:
+            raise ShapeError(f"Flatten(): expected an input with a batch axis, got shape {_shape(x)}")
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        shape = self._cached()
+        self._check_dy(dy, (shape[0], int(np.prod(shape[1:]))))
+        return dy.reshape(shape)
+
+
+def _channel_window_sum(v, before, after):
+    """s[:, c] = sum of v[:, c - before : c + after + 1] along axis 1 (clipped at the ends).
+
+    One cumulative sum along the channels, then a difference: no loop over C.
+    """
+    xp = backend.get_array_module(v)
+    n, c = v.shape[:2]
+    padded = xp.zeros((n, c + before + after + 1) + v.shape[2:], dtype=v.dtype)
+    padded[:, before + 1:before + 1 + c] = v
+    csum = xp.cumsum(padded, axis=1)
+    return csum[:, before + after + 1:] - csum[:, :c]
+
+
+class LocalResponseNorm(Layer):
+    """Local response normalisation across channels (configuration A-LRN).
+
+    ``LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)``, any (N, C, ...) input::
+
+        b[c] = a[c] / (k + alpha / size * sum_{c' in window(c)} a[c']**2) ** beta
+        window(c) = c - size//2 ... c + (size - 1)//2, clipped to [0, C)
+
+    This is the definition of PyTorch's ``torch.nn.LocalResponseNorm`` and Caffe:
+    alpha is divided by ``size``. The AlexNet paper (Krizhevsky et al., 2012)
+    writes the sum without dividing, ``k + alpha * sum``, so its alpha = 1e-4 is
+    this layer's alpha = 1e-4 * size. The VGG paper used the AlexNet setting
+    (size 5, alpha 1e-4, beta 0.75, k 2) with Caffe's convention.
+
+    Backward, with s[c] = k + alpha/size * window sum of a**2::
+
+        dx[j] = dy[j] * s[j]**-beta
+                - 2 * alpha * beta / size * a[j] * sum_{c: j in window(c)} dy[c] * a[c] * s[c]**(-beta-1)
+    """
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0):
+        super().__init__()
+        _positive("LocalResponseNorm", size=size)
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def extra_repr(self):
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+    def forward(self, x, train=True):
+        self._check_input(x)
+        if x.ndim < 3:
+            raise ShapeError(f"{self!r}: expected an input (N, C, ...) with at least 3 axes, got {_shape(x)}")
+        before, after = self.size // 2, (self.size - 1) // 2
+        dt = x.dtype.type
+        s = dt(self.k) + dt(self.alpha / self.size) * _channel_window_sum(x * x, before, after)
+        s_pow = s ** dt(-self.beta)
+        y = x * s_pow
+        self._cache = (x, s, s_pow)
+        return y
+
+    def backward(self, dy):
+        x, s, s_pow = self._cached()
+        self._check_dy(dy, x.shape)
+        dt = x.dtype.type
+        before, after = self.size // 2, (self.size - 1) // 2
+        t = dy * x * s_pow / s  # dy[c] * a[c] * s[c]**(-beta-1)
+        # j is in window(c) exactly when c is in [j - after, j + before].
+        back = _channel_window_sum(t, after, before)
+        return dy * s_pow - dt(2.0 * self.alpha * self.beta / self.size) * x * back
+
+
+class _BatchNorm(Layer):
+    """Shared code of BatchNorm1d/2d: per-channel statistics over ``self._axes``."""
+
+    _axes = None
+    _ndim = None
+    _what = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        _positive(type(self).__name__, num_features=num_features)
+        self.num_features = int(num_features)
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.dtype = np.dtype(dtype)
+        self.params["weight"] = backend.to_device(np.ones(self.num_features, dtype=self.dtype))
+        self.params["bias"] = _zeros((self.num_features,), self.dtype)
+        self.buffers["running_mean"] = _zeros((self.num_features,), self.dtype)
+        self.buffers["running_var"] = backend.to_device(np.ones(self.num_features, dtype=self.dtype))
+        self.num_batches_tracked = 0
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _bshape(self, x):
+        return (1, self.num_features) + (1,) * (x.ndim - 2)
+
+    def forward(self, x, train=True):
+        self._check_input(x, ndim=self._ndim, channels=self.num_features, what=self._what)
+        dt = x.dtype.type
+        bshape = self._bshape(x)
+        if train:
+            m = x.size // self.num_features
+            if m < 2:
+                raise ShapeError(f"{self!r}: training needs more than one value per channel to "
+                                 f"compute a variance, got input shape {_shape(x)}")
+            mean = x.mean(axis=self._axes)
+            xc = x - mean.reshape(bshape)
+            var = (xc * xc).mean(axis=self._axes)  # biased: used to normalise
+            mom = dt(self.momentum)
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= (1 - mom)
+            rm += mom * mean
+            rv *= (1 - mom)
+            rv += mom * var * dt(m / (m - 1))  # unbiased in the running estimate
+            self.num_batches_tracked += 1
+        else:
+            xc = x - self.buffers["running_mean"].reshape(bshape)
+            var = self.buffers["running_var"]
+        invstd = (var + dt(self.eps)) ** dt(-0.5)
+        xhat = xc * invstd.reshape(bshape)
+        y = xhat * self.params["weight"].reshape(bshape) + self.params["bias"].reshape(bshape)
+        self._cache = (xhat, invstd, train)
+        return y
+
+    def backward(self, dy):
+        xhat, invstd, train = self._cached()
+        self._check_dy(dy, xhat.shape)
+        bshape = self._bshape(dy)
+        gamma = self.params["weight"]
+        self.grads = {"weight": (dy * xhat).sum(axis=self._axes), "bias": dy.sum(axis=self._axes)}
+        dxhat = dy * gamma.reshape(bshape)
+        if not train:  # running statistics are constants
+            return dxhat * invstd.reshape(bshape)
+        # xhat depends on every value of its channel through the batch mean and variance:
+        # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        mean_d = dxhat.mean(axis=self._axes).reshape(bshape)
+        mean_dx = (dxhat * xhat).mean(axis=self._axes).reshape(bshape)
+        return (dxhat - mean_d - xhat * mean_dx) * invstd.reshape(bshape)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation per channel of an (N, C, H, W) input (statistics over N, H, W).
+
+    ``BatchNorm2d(num_features, eps=1e-5, momentum=0.1)``, PyTorch's semantics:
+    training normalises with the batch mean and *biased* variance and updates
+    ``running = (1 - momentum) * running + momentum * batch_stat`` with the
+    *unbiased* variance; ``train=False`` normalises with the running statistics.
+    Parameters ``weight`` (gamma, C) and ``bias`` (beta, C); buffers
+    ``running_mean`` and ``running_var`` (C).
+    """
+
+    _axes = (0, 2, 3)
+    _ndim = 4
+    _what = "(N, C, H, W)"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation per feature of an (N, C) input (statistics over N);
+    otherwise as :class:`BatchNorm2d`."""
+
+    _axes = (0,)
+    _ndim = 2
+    _what = "(N, C)"
+
+
+def num_params(layer):
+    """Number of learnable scalars in a layer."""
+    return int(sum(math.prod(p.shape) for p in layer.params.values()))
