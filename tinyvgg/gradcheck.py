@@ -196,7 +196,7 @@ def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-6, max_coord
     return report
 
 
-def check_loss(loss, logits, labels, *, h=1e-6, max_coords=64, seed=0):
+def check_loss(loss, logits, labels, *, h=1e-5, max_coords=64, seed=0):
     """Gradient-check a loss ``forward(logits, labels) -> scalar``, ``backward() -> dlogits``."""
     if logits.dtype != np.float64:
         raise TypeError(f"check_loss: logits are {logits.dtype}; gradient checks need float64")
