@@ -1,0 +1,13 @@
+"""VGG models: the configurations of Table 1, their initialisation and dense evaluation.
+
+``vgg(name, ...)`` builds a :class:`VGG`; :func:`count_params` counts its
+parameters without building it; :func:`initialize` and :func:`init_from` set
+its weights. See :mod:`tinyvgg.models.vgg` for the notation.
+"""
+
+from .init import SCHEMES, init_from, initialize
+from .vgg import (CONFIGS, NAMES, VGG, FullyConvolutionalVGG, StateDictError, count_params,
+                  resolve_name, vgg)
+
+__all__ = ["vgg", "VGG", "FullyConvolutionalVGG", "CONFIGS", "NAMES", "SCHEMES", "count_params",
+           "resolve_name", "initialize", "init_from", "StateDictError"]
