@@ -6,7 +6,7 @@ as a transposed weight in a symmetric layer), the backward pass claims
 
     g[i] = d/dx[i] sum(dy * f(x))
 
-The numerical estimate perturbs one coordinate at a time by h (default 1e-6):
+The numerical estimate perturbs one coordinate at a time by h (default 1e-5):
 
     n[i] = sum(dy * (f(x + h e_i) - f(x - h e_i))) / (2h)
 
@@ -155,7 +155,7 @@ def _sample(size, max_coords, rng):
     return np.sort(rng.choice(size, size=max_coords, replace=False))
 
 
-def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-6, max_coords=64,
+def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-5, max_coords=64,
                     check_input=True, kink_tol=1e-3):
     """Gradient-check ``module`` (a layer or a model) at input ``x``.
 

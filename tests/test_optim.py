@@ -1,0 +1,140 @@
+"""SGD's update rule, its state round trip, and the learning-rate schedules."""
+
+import numpy as np
+import pytest
+
+from tinyvgg import layers as L
+from tinyvgg.optim import SGD, ConstantLR, CosineLR, ReduceOnPlateau, StepLR, make_schedule
+
+
+class OneLayer:
+    """The smallest 'model': one Linear layer with named_parameters()."""
+
+    def __init__(self, dtype=np.float64):
+        self.layer = L.Linear(3, 2, dtype=dtype)
+
+    def named_parameters(self):
+        for k, p in self.layer.params.items():
+            yield f"fc.{k}", p, self.layer.grads.get(k)
+
+
+def test_sgd_matches_the_update_rule_written_out():
+    m = OneLayer()
+    w0 = m.layer.params["weight"].copy()
+    g1 = np.random.default_rng(0).standard_normal(w0.shape)
+    g2 = np.random.default_rng(1).standard_normal(w0.shape)
+    opt = SGD(m, lr=0.1, momentum=0.9, weight_decay=0.01)
+    m.layer.grads = {"weight": g1.copy(), "bias": np.zeros(2)}
+    opt.step()
+    v = g1 + 0.01 * w0
+    w1 = w0 - 0.1 * v
+    np.testing.assert_allclose(m.layer.params["weight"], w1, rtol=1e-12)
+    m.layer.grads = {"weight": g2.copy(), "bias": np.zeros(2)}
+    opt.step()
+    v = 0.9 * v + g2 + 0.01 * w1
+    np.testing.assert_allclose(m.layer.params["weight"], w1 - 0.1 * v, rtol=1e-12)
+    np.testing.assert_array_equal(m.layer.grads["weight"], g2)  # the gradient is not modified
+
+
+def test_nesterov_update():
+    m = OneLayer()
+    w0 = m.layer.params["weight"].copy()
+    g = np.ones_like(w0)
+    opt = SGD(m, lr=0.5, momentum=0.9, weight_decay=0.0, nesterov=True)
+    m.layer.grads = {"weight": g, "bias": np.zeros(2)}
+    opt.step()
+    np.testing.assert_allclose(m.layer.params["weight"], w0 - 0.5 * (g + 0.9 * g), rtol=1e-12)
+
+
+def test_sgd_keeps_float32():
+    m = OneLayer(np.float32)
+    opt = SGD(m, lr=0.1)
+    m.layer.grads = {"weight": np.ones((2, 3), np.float32), "bias": np.ones(2, np.float32)}
+    opt.step()
+    assert m.layer.params["weight"].dtype == np.float32
+    assert all(v.dtype == np.float32 for v in opt.buffers.values())
+
+
+def test_state_dict_round_trip_continues_identically():
+    def run(steps, resume_at=None):
+        m = OneLayer()
+        m.layer.params["weight"][...] = np.arange(6.0).reshape(2, 3) / 10
+        opt = SGD(m, lr=0.1, momentum=0.9)
+        for i in range(steps):
+            if i == resume_at:
+                state = opt.state_dict()
+                opt = SGD(m, lr=1.0, momentum=0.0)  # a fresh optimiser with other settings
+                opt.load_state_dict(state)
+            m.layer.grads = {"weight": np.full((2, 3), float(i + 1)), "bias": np.ones(2)}
+            opt.step()
+        return m.layer.params["weight"]
+
+    np.testing.assert_array_equal(run(5), run(5, resume_at=3))
+
+
+def test_step_without_gradient_and_bad_settings_are_clear_errors():
+    with pytest.raises(RuntimeError, match="has no gradient"):
+        SGD(OneLayer(), lr=0.1).step()
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        SGD(OneLayer(), lr=0)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        SGD(OneLayer(), lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        SGD(OneLayer(), lr=0.1).load_state_dict({"lr": 1, "momentum": 0, "weight_decay": 0, "nesterov": False,
+                                                 "steps": 0, "momentum_buffer.nope": np.zeros(1)})
+
+
+def _opt(lr=1.0):
+    return SGD(OneLayer(), lr=lr)
+
+
+def test_reduce_on_plateau_is_the_papers_rule():
+    opt = _opt(0.01)
+    s = ReduceOnPlateau(opt, factor=0.1, patience=2)
+    for acc in [0.5, 0.6, 0.6, 0.6]:  # two epochs without improvement after 0.6
+        s.epoch_end(acc)
+    assert opt.lr == pytest.approx(0.001)
+    for acc in [0.7, 0.69]:
+        s.epoch_end(acc)
+    assert opt.lr == pytest.approx(0.001)
+    s.epoch_end(0.69)
+    assert opt.lr == pytest.approx(0.0001)
+    assert s.reductions == 2
+
+
+def test_step_and_cosine_and_warmup():
+    opt = _opt(1.0)
+    s = StepLR(opt, step_size=2, gamma=0.5)
+    lrs = []
+    for _ in range(5):
+        s.epoch_end()
+        lrs.append(opt.lr)
+    assert lrs == [1.0, 0.5, 0.5, 0.25, 0.25]
+    opt = _opt(1.0)
+    c = CosineLR(opt, total_epochs=4)
+    got = []
+    for _ in range(4):
+        c.epoch_end()
+        got.append(opt.lr)
+    np.testing.assert_allclose(got, [0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(1, 5)], atol=1e-12)
+    opt = _opt(1.0)
+    w = ConstantLR(opt, warmup_steps=4)
+    seen = [opt.lr]
+    for _ in range(5):
+        w.batch_end()
+        seen.append(opt.lr)
+    np.testing.assert_allclose(seen, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_schedule_state_round_trip():
+    opt = _opt(0.1)
+    s = make_schedule("plateau", opt, epochs=10, steps_per_epoch=5)
+    for acc in [0.3, 0.3, 0.3]:
+        s.epoch_end(acc)
+    state = s.state_dict()
+    opt2 = _opt(0.1)
+    s2 = make_schedule("plateau", opt2, epochs=10, steps_per_epoch=5)
+    s2.load_state_dict(state)
+    assert opt2.lr == opt.lr and s2.best == s.best and s2.bad_epochs == s.bad_epochs
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("linear", opt, epochs=1, steps_per_epoch=1)

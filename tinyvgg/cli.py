@@ -1,0 +1,296 @@
+"""The command line: ``python -m tinyvgg COMMAND ...``.
+
+Commands
+--------
+train      train a VGG (progress bar, history, curves, checkpoints, --resume)
+evaluate   top-1/top-5 accuracy of a checkpoint on a dataset (--json, --plots)
+predict    the top-5 classes of one image
+summary    the layer table of a VGG configuration
+gradcheck  a float64 gradient check of a whole (narrow) VGG
+convert    torchvision .pth <-> tinyvgg .npz checkpoints
+demo       what ``make demo`` runs: a narrow VGG-11 on Fashion-MNIST
+doctor     a short training run that says why a configuration is not learning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+__all__ = ["main", "build_parser"]
+
+
+def _scale(text):
+    """``256`` -> 256; ``256,512`` -> (256, 512)."""
+    parts = [int(p) for p in text.replace(":", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return tuple(parts)
+    raise argparse.ArgumentTypeError(f"expected S or S_MIN,S_MAX, got {text!r}")
+
+
+def _add_model_args(p, defaults):
+    p.add_argument("--model", default=defaults.model,
+                   help="vgg11 (A), vgg11_lrn (A-LRN), vgg13 (B), vgg16_1x1 (C), vgg16 (D), vgg19 (E)")
+    p.add_argument("--width", type=float, default=defaults.width, help="channel multiplier (1.0 = the paper)")
+    p.add_argument("--hidden", type=int, default=defaults.hidden, help="width of the hidden FC layers "
+                   "(default 4096 x width)")
+    p.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=defaults.batch_norm,
+                   help="BatchNorm after every convolution")
+    p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--init", default=defaults.init, choices=["paper", "glorot", "he"])
+
+
+def _add_train_args(p, defaults):
+    _add_model_args(p, defaults)
+    p.add_argument("--dataset", default=defaults.dataset, choices=["fashion-mnist", "cifar10", "folder"])
+    p.add_argument("--data-dir", default=None, help="where the data is (else $TINYVGG_DATA, ~/.cache/tinyvgg, "
+                   "/usr/share/datasets; downloaded when missing)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--momentum", type=float, default=defaults.momentum)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--schedule", default=defaults.schedule, choices=["plateau", "step", "cosine", "constant"],
+                   help="plateau = the paper's: divide by 10 when validation accuracy stops improving")
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
+    p.add_argument("--input-size", type=int, default=None, help="network input side (multiple of 32)")
+    p.add_argument("--val-size", type=float, default=defaults.val_size,
+                   help="validation hold-out: a fraction (<1) or a number of images")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=True)
+    p.add_argument("--crop-padding", type=int, default=defaults.crop_padding)
+    p.add_argument("--scale", type=_scale, default=None,
+                   help="training scale S, or S_MIN,S_MAX for scale jittering (paper section 3.1)")
+    p.add_argument("--pca", action="store_true", help="AlexNet-style colour shift")
+    p.add_argument("--limit", type=int, default=None, help="use only LIMIT training images")
+    p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, choices=["cpu", "gpu"])
+    p.add_argument("--out", default=defaults.out, help="run folder")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "float64"])
+
+
+def build_parser():
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m tinyvgg", description="tinyvgg: VGG from scratch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VGG")
+    _add_train_args(p, d)
+    p.add_argument("--resume", default=None, help="a run folder (or checkpoint) to continue")
+    p.add_argument("--doctor", action="store_true", help="per-layer statistics and diagnoses while training")
+    p.add_argument("--doctor-every", type=int, default=d.doctor_every)
+    p.add_argument("--data-parallel", action="store_true",
+                   help="data-parallel training over MPI ranks (launch with mpirun -n P)")
+
+    p = sub.add_parser("evaluate", help="accuracy of checkpoints on a dataset")
+    p.add_argument("checkpoints", nargs="+", help="one checkpoint, or several for an ensemble")
+    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "cifar10", "folder"],
+                   help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--protocol", default="single",
+                   choices=["single", "multi-scale", "dense", "multi-crop", "dense+multi-crop"])
+    p.add_argument("--scales", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="test scales Q, comma-separated (default: the protocol's rule)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--plots", default=None, help="write the confusion matrix PNG into this folder")
+
+    p = sub.add_parser("predict", help="top-5 classes of an image")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top", type=int, default=5)
+
+    p = sub.add_parser("summary", help="the layer table of a VGG")
+    p.add_argument("model")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--batch-norm", action="store_true")
+
+    p = sub.add_parser("gradcheck", help="float64 gradient check of a whole VGG")
+    p.add_argument("model")
+    p.add_argument("--width", type=float, default=0.0625)
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--coords", type=int, default=16, help="coordinates checked per array")
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("convert", help="torchvision .pth <-> tinyvgg .npz")
+    p.add_argument("src")
+    p.add_argument("dst")
+
+    p = sub.add_parser("demo", help="train a narrow VGG-11 on Fashion-MNIST (what make demo runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--data-dir", default=None)
+
+    p = sub.add_parser("doctor", help="a short run that diagnoses why training is not working")
+    _add_train_args(p, d)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: about a minute)")
+    p.add_argument("--every", type=int, default=None, help="record statistics every N steps")
+    return parser
+
+
+def _config_from_args(args):
+    from .train import TrainConfig
+
+    kw = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**kw)
+
+
+def cmd_train(args):
+    from .train import train
+
+    cfg = _config_from_args(args)
+    hooks = []
+    if args.doctor:
+        from .doctor import Doctor
+        hooks.append(Doctor(every=args.doctor_every))
+    if args.data_parallel:
+        from .distributed import train_data_parallel
+        return train_data_parallel(cfg, hooks=hooks, resume=args.resume)
+    train(cfg, hooks=hooks, resume=args.resume)
+    return 0
+
+
+def cmd_evaluate(args):
+    from .evaluate_protocols import run_evaluate_command
+    return run_evaluate_command(args)
+
+
+def cmd_predict(args):
+    from . import backend, checkpoint
+    from .data.transforms import EvalTransform
+    from .evaluate import predict_proba
+    from PIL import Image, UnidentifiedImageError
+
+    ck = checkpoint.load(args.checkpoint)
+    meta = ck.meta
+    classes = meta.get("classes") or [str(i) for i in range(ck.model.config["num_classes"])]
+    size = meta.get("input_size") or ck.model.config["input_size"]
+    mean = meta.get("mean")
+    std = meta.get("std")
+    channels = ck.model.layers[0].in_channels
+    tf = EvalTransform(size, mean, std, scale=size if channels == 3 else None)
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if channels == 3 else "L")
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as e:
+            print(f"{path}: cannot read the image ({e})", file=sys.stderr)
+            return 2
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+            if max(arr.shape[:2]) > size:
+                from .data.transforms import rescale
+                arr = rescale(arr, size)
+        x = backend.to_device(tf([arr]))
+        p = backend.to_host(predict_proba(ck.model, x))[0]
+        order = np.argsort(-p)[:args.top]
+        print(f"{path}:")
+        for rank, k in enumerate(order, 1):
+            print(f"  {rank}. {classes[k]:<24} {p[k]:.4f}")
+    return 0
+
+
+def cmd_summary(args):
+    from .models import vgg
+
+    model = vgg(args.model, num_classes=args.num_classes, input_size=args.input_size, width=args.width,
+                batch_norm=args.batch_norm, hidden=args.hidden, init=None)
+    print(model.summary())
+    return 0
+
+
+def cmd_gradcheck(args):
+    from . import backend
+    from .gradcheck import check_gradients
+    from .models import vgg
+
+    backend.seed(args.seed)
+    model = vgg(args.model, num_classes=args.num_classes, input_size=args.input_size, width=args.width,
+                batch_norm=args.batch_norm, hidden=args.hidden, init="he", dtype=np.float64)
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, 3, args.input_size, args.input_size))
+    report = check_gradients(model, x, train=True, max_coords=args.coords, seed=args.seed)
+    print(report)
+    ok = report.passed(args.tol)
+    print(f"{'PASSED' if ok else 'FAILED'}: max relative error {report.max_error:.2e} "
+          f"(tolerance {args.tol:g}) over {len(report.results)} arrays")
+    return 0 if ok else 1
+
+
+def cmd_convert(args):
+    from .interop import convert
+    convert(args.src, args.dst)
+    print(f"wrote {args.dst}")
+    return 0
+
+
+# The demo's settings: a quarter-width VGG-11 with BatchNorm on 32x32 Fashion-MNIST.
+# benchmarks/results/demo_* holds a full run's metrics, history and curves.
+DEMO = dict(model="vgg11", dataset="fashion-mnist", width=0.25, hidden=256, batch_norm=True,
+            epochs=6, batch_size=128, lr=0.05, schedule="cosine", warmup_epochs=0.2, dropout=0.3,
+            crop_padding=2, flip=True, val_size=5000, init="glorot", weight_decay=5e-4)
+
+
+def cmd_demo(args):
+    from .train import TrainConfig, train
+
+    settings = dict(DEMO, out=args.out, data_dir=args.data_dir)
+    if args.epochs:
+        settings["epochs"] = args.epochs
+    cfg = TrainConfig(**settings)
+    print("tinyvgg demo: VGG-11 (configuration A of the paper) at width 1/4 with BatchNorm, "
+          "trained from scratch on Fashion-MNIST (images padded to 32x32).")
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data_dir"))
+    metrics = train(cfg)
+    print(f"run folder: {args.out} (history.json, curves.png, checkpoint.npz, metrics.json)")
+    return 0 if metrics["test_accuracy"] > 0 else 1
+
+
+def cmd_doctor(args):
+    from .doctor import run_doctor_command
+    return run_doctor_command(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "summary": cmd_summary,
+            "gradcheck": cmd_gradcheck, "convert": cmd_convert, "demo": cmd_demo, "doctor": cmd_doctor}
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data import DatasetNotFoundError
+    from .train import TrainingDiverged
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("stopped.", file=sys.stderr)
+        return 130
+    except (DatasetNotFoundError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2

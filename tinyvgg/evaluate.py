@@ -1,0 +1,74 @@
+"""Evaluating a model: accuracy, top-k, and the loss over a dataset.
+
+Notation: N images, K classes, B batch size; logits (B, K).
+
+``evaluate(model, loader)`` runs ``model.forward(x, train=False)`` (dropout off,
+BatchNorm on its running statistics) over every batch and returns top-1 and
+top-5 accuracy and the mean loss. Results are accumulated on the device and read
+back once at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .losses import log_softmax
+
+__all__ = ["topk_correct", "evaluate", "predict_proba", "confusion_matrix"]
+
+
+def topk_correct(logits, labels, k):
+    """Number of rows whose label is among the ``k`` highest logits (a device scalar)."""
+    xp = backend.get_array_module(logits)
+    k = min(k, logits.shape[1])
+    if k == 1:
+        return (logits.argmax(axis=1) == labels).sum()
+    top = xp.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return (top == labels[:, None]).any(axis=1).sum()
+
+
+def predict_proba(model, x):
+    """Softmax posteriors (N, K) of ``model`` on a batch, in evaluation mode."""
+    return backend.get_array_module(x).exp(log_softmax(model.forward(x, train=False), axis=1))
+
+
+def evaluate(model, loader, progress=False, desc="evaluate", return_predictions=False):
+    """Top-1/top-5 accuracy and mean cross-entropy of ``model`` over ``loader``.
+
+    Returns ``{"top1": float, "top5": float, "loss": float, "n": int}`` (plus
+    ``"predictions"`` and ``"labels"``, host int arrays, with ``return_predictions``).
+    """
+    xp = None
+    c1 = c5 = loss_sum = 0
+    n = 0
+    preds, labels = [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for x, y in it:
+        logits = model.forward(x, train=False)
+        xp = backend.get_array_module(logits)
+        logp = log_softmax(logits.astype(xp.float64 if logits.dtype == xp.float64 else xp.float32), axis=1)
+        c1 = c1 + topk_correct(logits, y, 1)
+        c5 = c5 + topk_correct(logits, y, 5)
+        loss_sum = loss_sum - logp[xp.arange(len(y)), y].sum()
+        n += len(y)
+        if return_predictions:
+            preds.append(logits.argmax(axis=1))
+            labels.append(y)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
+    out = {"top1": float(c1) / n, "top5": float(c5) / n, "loss": float(loss_sum) / n, "n": n}
+    if return_predictions:
+        out["predictions"] = np.concatenate([backend.to_host(p) for p in preds])
+        out["labels"] = np.concatenate([backend.to_host(t) for t in labels])
+    return out
+
+
+def confusion_matrix(predictions, labels, num_classes):
+    """(K, K) counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(predictions)), 1)
+    return cm

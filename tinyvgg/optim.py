@@ -1,0 +1,278 @@
+"""SGD with momentum and weight decay, and the learning-rate schedules.
+
+The paper (section 3.1): mini-batch gradient descent with momentum 0.9, weight
+decay (an L2 penalty) of 5e-4, learning rate 1e-2 "decreased by a factor of 10
+when the validation set accuracy stopped improving" (three times in all).
+
+Update rule (PyTorch's form, which Caffe's equals up to where lr multiplies):
+
+    g = grad + weight_decay * w
+    v = momentum * v + g
+    w = w - lr * v                      (plain)
+    w = w - lr * (g + momentum * v)     (nesterov=True)
+
+Momentum buffers are kept per parameter name, in the model's fixed
+``named_parameters()`` order, so ``state_dict()`` is checkpointable and a run
+resumed from it continues exactly. All updates are in place (``out=``): no new
+arrays per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+__all__ = ["SGD", "Schedule", "ConstantLR", "ReduceOnPlateau", "StepLR", "CosineLR", "make_schedule"]
+
+
+class SGD:
+    """``SGD(model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False)``.
+
+    ``model`` is anything with ``named_parameters()`` yielding ``(name, param, grad)``.
+    ``step()`` applies one update with the gradients the last backward wrote.
+    """
+
+    def __init__(self, model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False):
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"SGD: lr must be a positive number, got {lr!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        if weight_decay < 0:
+            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0")
+        self.model = model
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
+        self.steps = 0
+        self.buffers = {}  # name -> momentum buffer, created on the first step
+        self._scratch = {}  # name -> array reused for g = grad + wd * w
+
+    def __repr__(self):
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
+                f"nesterov={self.nesterov})")
+
+    def step(self):
+        """Update every parameter in place from its gradient."""
+        lr, mom, wd = self.lr, self.momentum, self.weight_decay
+        for name, p, g in self.model.named_parameters():
+            if g is None:
+                raise RuntimeError(f"SGD.step: parameter {name} has no gradient; call the "
+                                   f"model's backward() before step()")
+            if g.shape != p.shape:
+                raise ValueError(f"SGD.step: gradient of {name} has shape {g.shape}, parameter {p.shape}")
+            xp = backend.get_array_module(p)
+            dt = p.dtype.type
+            # d is a scratch array owned by the optimiser, reused every step, so the
+            # layer's gradient is never modified and no temporary is allocated.
+            d = self._scratch.get(name)
+            if d is None or d.shape != p.shape or d.dtype != p.dtype:
+                d = self._scratch[name] = xp.empty_like(p)
+            if wd:
+                xp.multiply(p, dt(wd), out=d)
+                d += g
+            else:
+                d[...] = g
+            if mom:
+                v = self.buffers.get(name)
+                if v is None:
+                    v = self.buffers[name] = d.copy()  # as PyTorch: the first buffer is g
+                else:
+                    v *= dt(mom)
+                    v += d
+                if self.nesterov:
+                    d += dt(mom) * v
+                else:
+                    d[...] = v
+            d *= dt(lr)
+            p -= d
+        self.steps += 1
+
+    # -- checkpointing ---------------------------------------------------------
+    def state_dict(self):
+        """Flat dict: hyper-parameters, the step count and ``momentum_buffer.<name>``
+        host arrays in the model's parameter order."""
+        state = {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                 "nesterov": self.nesterov, "steps": self.steps}
+        for name, _, _ in self.model.named_parameters():
+            if name in self.buffers:
+                state[f"momentum_buffer.{name}"] = backend.to_host(self.buffers[name]).copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned (buffers moved to the current device)."""
+        try:
+            self.lr = float(state["lr"])
+            self.momentum = float(state["momentum"])
+            self.weight_decay = float(state["weight_decay"])
+            self.nesterov = bool(state["nesterov"])
+            self.steps = int(state["steps"])
+        except KeyError as e:
+            raise ValueError(f"SGD.load_state_dict: missing entry {e.args[0]!r}") from None
+        params = {name: p for name, p, _ in self.model.named_parameters()}
+        self.buffers = {}
+        for key, value in state.items():
+            if not key.startswith("momentum_buffer."):
+                continue
+            name = key[len("momentum_buffer."):]
+            if name not in params:
+                raise ValueError(f"SGD.load_state_dict: momentum buffer for unknown parameter {name!r}")
+            if tuple(np.shape(value)) != tuple(params[name].shape):
+                raise ValueError(f"SGD.load_state_dict: momentum buffer {name} has shape "
+                                 f"{np.shape(value)}, parameter {params[name].shape}")
+            self.buffers[name] = backend.to_device(np.asarray(value, dtype=params[name].dtype))
+
+
+# --- learning-rate schedules ---------------------------------------------------
+
+class Schedule:
+    """Sets ``optimizer.lr`` per batch and per epoch.
+
+    Call ``batch_end()`` after every optimiser step and ``epoch_end(val_metric)``
+    after every epoch's validation. ``warmup_steps`` > 0 ramps the rate linearly
+    from ``base_lr / warmup_steps`` to the schedule's value over the first steps.
+    Subclasses say how the epoch's rate follows from the epochs seen.
+    """
+
+    def __init__(self, optimizer, warmup_steps=0):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.warmup_steps = int(warmup_steps)
+        self.batches = 0
+        self.epochs = 0
+        self.epoch_lr = self.base_lr
+        self._apply()
+
+    def _apply(self):
+        lr = self.epoch_lr
+        if self.batches < self.warmup_steps:
+            lr *= (self.batches + 1) / self.warmup_steps
+        self.optimizer.lr = lr
+
+    def batch_end(self):
+        self.batches += 1
+        self._apply()
+
+    def epoch_end(self, metric=None):
+        self.epochs += 1
+        self.epoch_lr = self._next_epoch_lr(metric)
+        self._apply()
+
+    def _next_epoch_lr(self, metric):
+        return self.epoch_lr
+
+    def state_dict(self):
+        return {"batches": self.batches, "epochs": self.epochs, "epoch_lr": self.epoch_lr,
+                "base_lr": self.base_lr, **self._extra_state()}
+
+    def _extra_state(self):
+        return {}
+
+    def load_state_dict(self, state):
+        self.batches = int(state["batches"])
+        self.epochs = int(state["epochs"])
+        self.epoch_lr = float(state["epoch_lr"])
+        self.base_lr = float(state["base_lr"])
+        self._load_extra(state)
+        self._apply()
+
+    def _load_extra(self, state):
+        pass
+
+
+class ConstantLR(Schedule):
+    """The rate stays at ``base_lr`` (after any warm-up)."""
+
+
+class ReduceOnPlateau(Schedule):
+    """The paper's rule: divide the rate by ``1/factor`` (10) when the validation
+    accuracy has not improved by more than ``threshold`` for ``patience`` epochs."""
+
+    def __init__(self, optimizer, factor=0.1, patience=2, threshold=1e-4, min_lr=0.0, warmup_steps=0):
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got {factor}")
+        self.factor, self.patience, self.threshold, self.min_lr = factor, int(patience), threshold, min_lr
+        self.best = -math.inf
+        self.bad_epochs = 0
+        self.reductions = 0
+        super().__init__(optimizer, warmup_steps)
+
+    def _next_epoch_lr(self, metric):
+        if metric is None:
+            raise ValueError("ReduceOnPlateau.epoch_end needs the validation accuracy")
+        if metric > self.best + self.threshold:
+            self.best, self.bad_epochs = metric, 0
+            return self.epoch_lr
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience - 1 and self.epoch_lr * self.factor >= self.min_lr:
+            self.bad_epochs = 0
+            self.reductions += 1
+            return self.epoch_lr * self.factor
+        return self.epoch_lr
+
+    def _extra_state(self):
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "reductions": self.reductions}
+
+    def _load_extra(self, state):
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.reductions = int(state["reductions"])
+
+
+class StepLR(Schedule):
+    """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1, warmup_steps=0):
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer, warmup_steps)
+
+    def _next_epoch_lr(self, metric):
+        return self.base_lr * self.gamma ** (self.epochs // self.step_size)
+
+
+class CosineLR(Schedule):
+    """Cosine decay from ``base_lr`` to ``min_lr`` over ``total_epochs``, per batch
+    when ``steps_per_epoch`` is given (smoother), otherwise per epoch."""
+
+    def __init__(self, optimizer, total_epochs, min_lr=0.0, steps_per_epoch=None, warmup_steps=0):
+        if total_epochs < 1:
+            raise ValueError(f"CosineLR: total_epochs must be >= 1, got {total_epochs}")
+        self.total_epochs, self.min_lr = int(total_epochs), float(min_lr)
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(optimizer, warmup_steps)
+
+    def _cosine(self, t):
+        t = min(max(t, 0.0), 1.0)
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t))
+
+    def batch_end(self):
+        if self.steps_per_epoch:
+            self.epoch_lr = self._cosine((self.batches + 1) / (self.total_epochs * self.steps_per_epoch))
+        super().batch_end()
+
+    def _next_epoch_lr(self, metric):
+        if self.steps_per_epoch:
+            return self.epoch_lr
+        return self._cosine(self.epochs / self.total_epochs)
+
+
+def make_schedule(name, optimizer, *, epochs, steps_per_epoch, patience=2, step_size=None,
+                  warmup_epochs=0.0):
+    """Build a schedule by name: ``plateau`` (the paper's), ``step``, ``cosine`` or ``constant``."""
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if name == "plateau":
+        return ReduceOnPlateau(optimizer, patience=patience, warmup_steps=warmup)
+    if name == "step":
+        return StepLR(optimizer, step_size or max(1, epochs // 3), warmup_steps=warmup)
+    if name == "cosine":
+        return CosineLR(optimizer, epochs, steps_per_epoch=steps_per_epoch, warmup_steps=warmup)
+    if name == "constant":
+        return ConstantLR(optimizer, warmup_steps=warmup)
+    raise ValueError(f"unknown schedule {name!r}; choose plateau, step, cosine or constant")
