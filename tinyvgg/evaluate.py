@@ -50,7 +50,7 @@ def evaluate(model, loader, progress=False, desc="evaluate", return_predictions=
     for x, y in it:
         logits = model.forward(x, train=False)
         xp = backend.get_array_module(logits)
-        logp = log_softmax(logits.astype(xp.float64 if logits.dtype == xp.float64 else xp.float32), axis=1)
+        logp = log_softmax(logits, axis=1)
         c1 = c1 + topk_correct(logits, y, 1)
         c5 = c5 + topk_correct(logits, y, 5)
         loss_sum = loss_sum - logp[xp.arange(len(y)), y].sum()

@@ -251,7 +251,7 @@ class ReLU(Layer):
         xp = backend.get_array_module(x)
         mask = x > 0
         self._cache = mask
-        return xp.multiply(x, mask, dtype=x.dtype)
+        return xp.maximum(x, x.dtype.type(0))  # not x * mask: that gives -0.0 for negative x
 
     def backward(self, dy):
         mask = self._cached()

@@ -264,7 +264,7 @@ class Trainer:
             f"the training loss became {loss_value} at step {self.global_step} "
             f"(epoch {self.epoch + 1}, batch {self.step_in_epoch + 1}) with learning rate {lr:g}. "
             f"Usual causes: the learning rate is too high (try {lr / 10:g}); a deep network "
-            f"without BatchNorm started from a poor initialisation (try --batch-norm or --init he, "
+            f"without BatchNorm started from a poor initialisation (try --batch-norm or --init glorot, "
             f"or initialise from a trained VGG-11 as the paper did); or a warm-up is needed "
             f"(--warmup-epochs 1). Nothing after the last checkpoint was saved.")
 

@@ -555,6 +555,9 @@ class _SharedConv2d(Conv2d):
         if bias is not None:
             self.params["bias"] = bias
 
+    def __repr__(self):  # it *is* a Conv2d; the class only skips the initial draw
+        return f"Conv2d({self.extra_repr()})"
+
 
 def _share(layer):
     """A new layer object sharing ``layer``'s parameter and buffer arrays but with
