@@ -191,7 +191,8 @@ def cmd_predict(args):
     mean = meta.get("mean")
     std = meta.get("std")
     channels = ck.model.layers[0].in_channels
-    tf = EvalTransform(size, mean, std, scale=size if channels == 3 else None)
+    # Photos: shorter side to `resize` (torchvision's 256 for converted weights), centre crop.
+    tf = EvalTransform(size, mean, std, scale=meta.get("resize", size) if channels == 3 else None)
     for path in args.images:
         try:
             with Image.open(path) as im:

@@ -193,8 +193,23 @@ def torch_to_tinyvgg(pth_path, out_npz, name=None):
                              f"{'_bn' if config['batch_norm'] else ''}, not a {name}")
     model = vgg(**config)
     model.load_state_dict(sd, strict=True)
-    return checkpoint.save(out_npz, model, source=os.path.basename(pth_path),
-                           converted_from="torchvision")
+    meta = dict(source=os.path.basename(pth_path), converted_from="torchvision")
+    if config["num_classes"] == 1000 and config["input_size"] == 224:
+        # torchvision's ImageNet preprocessing, in tinyvgg's [0, 255] units: resize the
+        # shorter side to 256, centre-crop 224, subtract the mean, divide by the std.
+        meta.update(mean=[0.485 * 255, 0.456 * 255, 0.406 * 255], std=[0.229 * 255, 0.224 * 255, 0.225 * 255],
+                    input_size=224, resize=256, classes=_imagenet_categories())
+    return checkpoint.save(out_npz, model, **meta)
+
+
+def _imagenet_categories():
+    """The 1000 ImageNet class names when torchvision is installed, else None
+    (``predict`` then prints class indices)."""
+    try:
+        from torchvision.models import VGG16_Weights
+        return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    except Exception:  # torchvision missing or incompatible: names are optional
+        return None
 
 
 def tinyvgg_to_torch(npz_path, out_pth):
