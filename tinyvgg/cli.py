@@ -283,13 +283,13 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DatasetNotFoundError
-    from .train import TrainingDiverged
+    from .train import GPUOutOfMemory, TrainingDiverged
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("stopped.", file=sys.stderr)
         return 130
-    except (DatasetNotFoundError, TrainingDiverged) as e:
+    except (DatasetNotFoundError, TrainingDiverged, GPUOutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, ImportError) as e:

@@ -37,7 +37,7 @@ from . import backend
 from .evaluate import evaluate, topk_correct
 from .losses import SoftmaxCrossEntropy
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "prepare_data", "resume_config"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data", "resume_config"]
 
 
 @dataclass
@@ -97,8 +97,18 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class GPUOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message names the batch size and a smaller one."""
+
+
 class _Interrupted(Exception):
     pass
+
+
+def _reraise_oom(e, batch_size, flag):
+    from .ops.cuda_kernels import is_out_of_memory, oom_message
+    if is_out_of_memory(e):
+        raise GPUOutOfMemory(oom_message(batch_size, e, flag=flag)) from e
 
 
 def _native_size(ds):
@@ -328,13 +338,21 @@ class Trainer:
                                         lr=f"{opt.lr:.3g}", img_s=f"{images_done / max(dt, 1e-9):.0f}")
                 if bar is not None:
                     bar.update(1)
+        except Exception as e:
+            _reraise_oom(e, cfg.batch_size, "--batch-size")  # a GPU OOM names the batch size
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        elapsed = time.perf_counter() - t0
-        if seen:
-            last_read = {"loss": float(loss_sum) / seen, "acc": float(correct) / seen}
-        return last_read, elapsed, images_done
+        # The last batch always logs, so last_read already holds the epoch's totals.
+        return last_read, time.perf_counter() - t0, images_done
+
+    def _evaluate(self, loader):
+        try:
+            return evaluate(self.model, loader)
+        except Exception as e:
+            _reraise_oom(e, self.cfg.eval_batch_size, "--eval-batch-size")
+            raise
 
     def run(self):
         cfg = self.cfg
@@ -354,7 +372,7 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs:
                 train_stats, elapsed, images = self.train_epoch()
-                val = evaluate(self.model, self.val_loader)
+                val = self._evaluate(self.val_loader)
                 lr_used = self.optimizer.lr
                 self.schedule.epoch_end(val["top1"])
                 record = {"epoch": self.epoch + 1, "train_loss": train_stats["loss"],
@@ -404,7 +422,7 @@ class Trainer:
         plot_history(self.history, self.out / "curves.png")
 
     def finish(self):
-        test = evaluate(self.model, self.test_loader)
+        test = self._evaluate(self.test_loader)
         for h in self.hooks:
             if hasattr(h, "train_end"):
                 h.train_end(self)
