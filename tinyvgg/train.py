@@ -412,9 +412,12 @@ class Trainer:
               f"{r['time_s']:.1f} s, {r['images_per_s']:.0f} img/s", flush=True)
         _atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=2))
         with open(self.out / "history.csv.tmp", "w", newline="") as f:
-            # Columns: every key any epoch has (hooks such as the doctor add some).
-            columns = list(dict.fromkeys(k for rec in self.history for k in rec))
-            w = csv.DictWriter(f, fieldnames=columns, restval="")
+            # Columns: every scalar any epoch has (hooks such as the doctor add some;
+            # their nested series stay in history.json only).
+            def scalar(v):
+                return isinstance(v, (int, float, str, bool)) or v is None
+            columns = list(dict.fromkeys(k for rec in self.history for k, v in rec.items() if scalar(v)))
+            w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
             w.writeheader()
             w.writerows(self.history)
         os.replace(self.out / "history.csv.tmp", self.out / "history.csv")
