@@ -6,7 +6,7 @@ Hypothesis draws batch, channels, height, width, kernel, stride and padding
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyvgg.ops import (col2im, conv2d_backward, conv2d_forward, conv_output_size, im2col,

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import backend
+from .fileio import atomic_open
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "FORMAT", "VERSION"]
 
@@ -155,39 +155,10 @@ def save(path, model, optimizer=None, **meta):
     arrays[_MARKER] = np.array(FORMAT)
     arrays[_HEADER] = np.array(header_json)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_open(path) as f:  # temporary file, fsync, rename: never half a checkpoint
+        np.savez(f, **arrays)
     return path
 
-
-def _fsync_dir(directory):
-    """Make the rename itself durable (POSIX); harmless to skip where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# -- load --------------------------------------------------------------------------
 
 def _read(path):
     """Read every member of the npz into memory: (header dict, {name: array})."""

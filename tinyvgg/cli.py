@@ -15,7 +15,6 @@ doctor     a short training run that says why a configuration is not learning
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np

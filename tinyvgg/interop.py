@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from .fileio import atomic_open
 
 from .models.vgg import CONFIGS, _CONV_RE, _LETTER_TO_NAME, resolve_name
 
@@ -223,20 +224,8 @@ def tinyvgg_to_torch(npz_path, out_pth):
     # np.ascontiguousarray would turn num_batches_tracked's 0-d array into shape (1,).
     sd = {k: torch.from_numpy(np.array(v, order="C", copy=True)) for k, v in ck.state_dict.items()}
     out_pth = os.fspath(out_pth)
-    directory = os.path.dirname(os.path.abspath(out_pth))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out_pth)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(sd, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_pth)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(out_pth) as f:
+        torch.save(sd, f)
     return out_pth
 
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from . import backend
+from .fileio import atomic_open
 
 __all__ = ["plot_history", "plot_filters", "plot_feature_maps", "plot_confusion_matrix"]
 
@@ -25,10 +26,8 @@ def _plt():
 
 def _save(fig, path):
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)  # a viewer never sees a half-written picture
+    with atomic_open(path) as f:  # a viewer never sees a half-written picture
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return path
 

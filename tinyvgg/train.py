@@ -25,16 +25,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
 from .evaluate import evaluate, topk_correct
+from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data", "resume_config"]
@@ -172,13 +172,6 @@ def _same_dataset(a, b):
     return len(a) == len(b) and getattr(a, "paths", None) is not None and a.paths == b.paths
 
 
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -249,7 +242,7 @@ class Trainer:
             self.global_step = int(meta["global_step"])
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         return self
 
     # -- checkpoints -----------------------------------------------------------
@@ -410,8 +403,8 @@ class Trainer:
         print(f"epoch {r['epoch']}/{self.cfg.epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f} | "
               f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f} | lr {r['lr']:.3g} | "
               f"{r['time_s']:.1f} s, {r['images_per_s']:.0f} img/s", flush=True)
-        _atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=2))
-        with open(self.out / "history.csv.tmp", "w", newline="") as f:
+        atomic_write_text(self.out / "history.json", json.dumps(self.history, indent=2))
+        with atomic_open(self.out / "history.csv", "w") as f:
             # Columns: every scalar any epoch has (hooks such as the doctor add some;
             # their nested series stay in history.json only).
             def scalar(v):
@@ -420,7 +413,6 @@ class Trainer:
             w = csv.DictWriter(f, fieldnames=columns, restval="", extrasaction="ignore")
             w.writeheader()
             w.writerows(self.history)
-        os.replace(self.out / "history.csv.tmp", self.out / "history.csv")
         from .plots import plot_history
         plot_history(self.history, self.out / "curves.png")
 
@@ -437,7 +429,7 @@ class Trainer:
         if self.history:
             metrics["final_val_accuracy"] = self.history[-1]["val_acc"]
         if self.is_main:
-            _atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))
+            atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))
             print(f"test accuracy: {test['top1']:.4f}", flush=True)
         return metrics
 

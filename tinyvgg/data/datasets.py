@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import atomic_open
+
 __all__ = [
     "Dataset",
     "DatasetNotFoundError",
@@ -330,25 +332,16 @@ def _download(url, dest, md5, timeout=DOWNLOAD_TIMEOUT_S):
     folder, check its MD5, then rename it to ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        h = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            while True:
-                chunk = r.read(1 << 20)
-                if not chunk:
-                    break
-                f.write(chunk)
-                h.update(chunk)
-        if h.hexdigest() != md5:
+    h = hashlib.md5(usedforsecurity=False)
+    with atomic_open(dest, suffix=".part") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            f.write(chunk)
+            h.update(chunk)
+        if h.hexdigest() != md5:  # raised inside the block: the partial file is removed
             raise ValueError(f"checksum mismatch for {url}: MD5 {h.hexdigest()}, expected {md5}")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _fetch_fashion_mnist(target):
@@ -623,17 +616,8 @@ def _save_npz(path, ds):
         arrays["shapes"] = np.array([im.shape for im in ds.images], np.int64).reshape(-1, 3)
     meta = {"classes": ds.classes, "name": ds.name, "paths": ds.paths, "skipped": ds.skipped}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_open(path, suffix=".npz.part") as f:
+        np.savez(f, **arrays)
 
 
 def _load_npz(path):
