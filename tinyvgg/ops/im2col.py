@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 
-__all__ = ["pair", "conv_output_size", "im2col", "col2im", "pad_input"]
+__all__ = ["pair", "conv_output_size", "im2col", "col2im", "pad_input", "window_view", "as_strided"]
 
 
 def pair(v, what="value"):
@@ -50,14 +50,19 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def pad_input(x, padding, value=0.0):
-    """Pad the two spatial axes of ``x`` (N, C, H, W) by ``padding = (PH, PW)``."""
+def pad_input(x, padding, value=0.0, out=None):
+    """Pad the two spatial axes of ``x`` (N, C, H, W) by ``padding = (PH, PW)``.
+
+    ``out``: an (N, C, H + 2*PH + extra, W + 2*PW) array to write into (rows past
+    the padded image, if any, are filled with ``value`` too); without it, ``x``
+    itself is returned when there is no padding."""
     ph, pw = padding
-    if ph == 0 and pw == 0:
+    if out is None and ph == 0 and pw == 0:
         return x
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    out = xp.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    if out is None:
+        out = xp.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
     # Fill only the border: writing the whole buffer twice costs a pass over it.
     out[:, :, :ph, :] = value
     out[:, :, h + ph:, :] = value
@@ -65,6 +70,25 @@ def pad_input(x, padding, value=0.0):
     out[:, :, ph:h + ph, w + pw:] = value
     out[:, :, ph:h + ph, pw:w + pw] = x
     return out
+
+
+def window_view(xpad, kernel, stride, out_hw):
+    """A read-only strided view ``v`` of ``xpad`` (N, C, Hp, Wp) with shape
+    (N, C, KH, KW, OH, OW) and ``v[n, c, i, j, oh, ow] = xpad[n, c, oh*SH + i, ow*SW + j]``:
+    every window of every image, without copying anything."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    s_n, s_c, s_h, s_w = xpad.strides
+    return as_strided(xpad, xpad.shape[:2] + (kh, kw, oh, ow),
+                      (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw))
+
+
+def as_strided(a, shape, strides):
+    """A read-only view of ``a``'s memory with the given shape and byte strides
+    (``numpy.lib.stride_tricks.as_strided``, or CuPy's)."""
+    xp = get_array_module(a)
+    if xp.__name__ == "numpy":
+        return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
 
 
 def _check(x_shape, kernel, stride, padding):
@@ -107,9 +131,8 @@ def im2col(x, kernel_size, stride=1, padding=0):
     sh, sw = stride
     xpad = pad_input(x, padding)
     cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    # One copy from a strided view that already has the layout of ``cols``.
+    cols[...] = window_view(xpad, kernel, stride, (oh, ow))
     return cols.reshape(n, c * kh * kw, oh * ow)
 
 

@@ -1,0 +1,149 @@
+"""Run the chunks of an op on all cores: one worker thread per core, BLAS single-threaded.
+
+Why: a convolution chunk is a copy (im2col), a matrix product and another copy
+(folding the product into the output). NumPy's copies run on one core, and
+BLAS's own threads split each product and then wait for each other at its end.
+On a 2-core machine that leaves one core idle during every copy, and on a busy
+machine a product whose second thread is not scheduled stalls. Giving each core
+its own chunks instead, with BLAS set to one thread, keeps both cores busy
+through copies and products alike, with no synchronisation inside a product.
+NumPy releases the GIL in copies, ufuncs and BLAS calls, so plain threads run
+in parallel here.
+
+Rules that keep it safe and reproducible:
+
+- Workers only write to disjoint slices of the output (their chunk's images).
+- Sums over chunks (dW, db) are kept per chunk and added in chunk order by the
+  caller, so the result does not depend on which thread ran which chunk.
+- The BLAS thread count is restored when the chunks are done (threadpoolctl).
+- Only NumPy ops use workers; CuPy queues its kernels on the GPU already.
+
+``set_workers(n)`` (or the environment variable ``TINYVGG_OP_THREADS``) sets the
+number of workers; 1 turns all of this off (chunks run in order on the calling
+thread, BLAS keeps its threads). The default is the number of BLAS threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+__all__ = ["run", "split", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS"]
+
+MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
+
+_state = {"workers": None, "executor": None, "controller": None}
+_lock = threading.Lock()
+
+
+def _default_workers():
+    env = os.environ.get("TINYVGG_OP_THREADS", "").strip()
+    if env:
+        return max(1, int(env))
+    ctl = _controller()
+    if ctl is None:
+        return 1
+    blas = [lib.num_threads for lib in ctl.lib_controllers if lib.user_api == "blas"]
+    return max(1, min(blas)) if blas else 1
+
+
+def _controller():
+    if _state["controller"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # without it, BLAS threads cannot be limited: run serially
+            _state["controller"] = False
+        else:
+            _state["controller"] = ThreadpoolController()
+    return _state["controller"] or None
+
+
+def workers():
+    """Number of worker threads the ops use for NumPy arrays."""
+    if _state["workers"] is None:
+        _state["workers"] = _default_workers()
+    return _state["workers"]
+
+
+def set_workers(n):
+    """Use ``n`` worker threads (1: run chunks serially with multi-threaded BLAS)."""
+    n = max(1, int(n))
+    with _lock:
+        _state["workers"] = n
+        if _state["executor"] is not None:
+            _state["executor"].shutdown(wait=True)
+            _state["executor"] = None
+
+
+def split(work, min_task_work):
+    """Into how many tasks to split ``work`` (FLOPs or bytes, whatever the caller
+    counts): one per worker, but none smaller than ``min_task_work``. Small ops
+    are not split: handing a task to another thread costs tens of microseconds,
+    and far more on a busy machine, where a task waits until its thread is
+    scheduled."""
+    return int(max(1, min(workers(), work // max(1, min_task_work))))
+
+
+def run(fn, tasks, xp=None, threads=True):
+    """Call ``fn(*task)`` for every task of ``tasks``; return once all are done.
+
+    With ``threads``, more than one worker and NumPy arrays, the tasks run on the
+    worker threads while BLAS is limited to one thread; the first exception is
+    raised. Otherwise they run in order on the calling thread.
+    """
+    tasks = list(tasks)
+    nw = workers()
+    if nw == 1 or (xp is not None and xp.__name__ != "numpy") or _controller() is None:
+        for t in tasks:
+            fn(*t)
+        return
+    if not threads or len(tasks) < 2:
+        # A small op: on this thread, and with single-threaded BLAS too. Its
+        # threads would wait for each other at the end of every product, which
+        # costs more than they save on small products (on a busy machine, up to
+        # tens of milliseconds per product).
+        with _controller().limit(limits=1, user_api="blas"):
+            for t in tasks:
+                fn(*t)
+        return
+    with _lock:
+        if _state["executor"] is None:
+            _state["executor"] = ThreadPoolExecutor(nw, thread_name_prefix="tinyvgg-op")
+        ex = _state["executor"]
+    with _controller().limit(limits=1, user_api="blas"):
+        futures = [ex.submit(fn, *t) for t in tasks]
+        wait(futures)  # all of them, even when one fails, before BLAS gets its threads back
+    for f in futures:
+        f.result()  # raises the first task's exception, if any
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-D arrays, on the worker threads when it is big enough.
+
+    The product is cut into one block of output rows (or of output columns, when
+    there are more of those) per worker; each block is an ordinary single-threaded
+    BLAS product writing straight into its slice of ``out``. Small products run
+    on the calling thread with single-threaded BLAS (see :func:`run`). Any other
+    array module: plain ``a @ b``.
+    """
+    from ..backend import get_array_module
+    xp = get_array_module(a, b)
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = xp.empty((m, n), dtype=xp.result_type(a, b))
+    tasks = split(2.0 * m * n * k, MIN_TASK_FLOPS)
+    if xp.__name__ != "numpy" or workers() == 1:
+        return xp.matmul(a, b, out=out)
+    rows = m >= n
+    size = m if rows else n
+    step = -(-size // tasks)
+
+    def block(i0, i1):
+        if rows:
+            xp.matmul(a[i0:i1], b, out=out[i0:i1])
+        else:
+            xp.matmul(a, b[:, i0:i1], out=out[:, i0:i1])
+    run(block, [(i, min(i + step, size)) for i in range(0, size, step)], xp, threads=tasks > 1)
+    return out
