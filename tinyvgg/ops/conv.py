@@ -82,7 +82,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from . import parallel, scratch
-from .im2col import as_strided, conv_output_size, pad_input, pair
+from .im2col import as_strided, conv_output_size, on_gpu, pad_input, pair
 
 __all__ = ["conv2d_forward", "conv2d_backward", "CHUNK_BYTES"]
 
@@ -222,6 +222,9 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, relu=False, chu
     (a fused ReLU; backward then takes the gradient of the ReLU too).
     ``chunk_bytes`` overrides ``CHUNK_BYTES`` (tests use it to force chunking).
     """
+    if on_gpu(x):  # CUDA kernels for im2col/col2im, cuBLAS for the products
+        from .cuda_kernels import conv2d_forward_gpu
+        return conv2d_forward_gpu(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     f, _, kh, kw = weight.shape
@@ -253,6 +256,11 @@ def conv2d_backward(dy, cache, *, input_grad=True):
     ``input_grad=False`` skips dx (returned as None): the first layer of a
     network needs no gradient for its input.
     """
+    from .cuda_kernels import GPUConvCache  # importable without CuPy
+    if isinstance(cache, GPUConvCache):  # the forward pass ran on the GPU
+        from .cuda_kernels import conv2d_backward_gpu
+        dx, dw, db = conv2d_backward_gpu(dy, cache)
+        return (dx if input_grad else None), dw, db
     x, weight, has_bias, stride, padding, relu_y, chunk_bytes = cache
     xp = get_array_module(dy, weight)
     n, c, h, w = x.shape

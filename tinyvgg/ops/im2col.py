@@ -25,9 +25,17 @@ Kernels, strides and paddings may be non-square: pass an int or a pair (h, w).
 
 from __future__ import annotations
 
+from .. import backend
 from ..backend import get_array_module
 
 __all__ = ["pair", "conv_output_size", "im2col", "col2im", "pad_input", "window_view", "as_strided"]
+
+
+def on_gpu(a):
+    """True for a CuPy array while the GPU is selected: the ops then run the CUDA
+    kernels of :mod:`tinyvgg.ops.cuda_kernels` (each has a NumPy twin in
+    :mod:`tinyvgg.ops.kernel_twins`). Stand-in devices stay on the NumPy code."""
+    return backend.current() == "gpu" and backend.is_device_array(a)
 
 
 def pair(v, what="value"):
@@ -123,6 +131,9 @@ def im2col(x, kernel_size, stride=1, padding=0):
         ``cols[n, (c*KH + i)*KW + j, oh*OW + ow] = xpad[n, c, oh*SH + i, ow*SW + j]``,
         where ``xpad`` is ``x`` zero-padded by (PH, PW).
     """
+    if on_gpu(x):
+        from .cuda_kernels import im2col_gpu
+        return im2col_gpu(x, kernel_size, stride, padding)
     kernel, stride, padding = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
     oh, ow = _check(x.shape, kernel, stride, padding)
     xp = get_array_module(x)
@@ -149,6 +160,9 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     -------
     x : array (N, C, H, W) with ``<im2col(x), cols> == <x, col2im(cols)>``.
     """
+    if on_gpu(cols):
+        from .cuda_kernels import col2im_gpu
+        return col2im_gpu(cols, x_shape, kernel_size, stride, padding)
     kernel, stride, padding = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
     oh, ow = _check(x_shape, kernel, stride, padding)
     n, c, h, w = x_shape

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from . import parallel
-from .im2col import conv_output_size, pad_input, pair
+from .im2col import conv_output_size, on_gpu, pad_input, pair
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
 
@@ -95,6 +95,9 @@ def _run_batch_slices(task, n, nbytes, xp):
 
 def maxpool2d_forward(x, kernel_size=2, stride=2, padding=0):
     """Max-pool ``x`` (N, C, H, W). Returns ``(y, cache)``, ``y`` (N, C, OH, OW)."""
+    if on_gpu(x):  # one fused CUDA kernel, same cache layout
+        from .cuda_kernels import maxpool2d_forward_gpu
+        return maxpool2d_forward_gpu(x, kernel_size, stride, padding)
     xp = get_array_module(x)
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
@@ -124,6 +127,9 @@ def maxpool2d_forward(x, kernel_size=2, stride=2, padding=0):
 def maxpool2d_backward(dy, cache):
     """Gradient of :func:`maxpool2d_forward`: ``dy`` (N, C, OH, OW) -> ``dx`` (N, C, H, W)."""
     x_shape, argmax, (kh, kw), (sh, sw), (ph, pw) = cache
+    if on_gpu(dy):  # gather kernel: each input pixel sums its own windows' gradients
+        from .cuda_kernels import maxpool2d_backward_gpu
+        return maxpool2d_backward_gpu(dy, argmax, x_shape, (kh, kw), (sh, sw), (ph, pw))
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
         return _pool2x2_backward(dy, argmax, x_shape)
     xp = get_array_module(dy)
