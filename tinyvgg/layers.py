@@ -30,6 +30,7 @@ import numpy as np
 from . import backend
 from .ops import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward, pair
 from .ops.im2col import conv_output_size
+from .ops.parallel import matmul
 
 __all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
            "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
@@ -323,7 +324,9 @@ class Linear(Layer):
 
     def forward(self, x, train=True):
         self._check_input(x, ndim=2, channels=self.in_features, what="(N, in_features)")
-        y = x @ self.params["weight"].T
+        # ops.parallel.matmul: one single-threaded BLAS block per core; OpenBLAS's own
+        # threads stall on these small products when the machine is busy.
+        y = matmul(x, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
         self._cache = x
@@ -332,10 +335,10 @@ class Linear(Layer):
     def backward(self, dy):
         x = self._cached()
         self._check_dy(dy, (x.shape[0], self.out_features))
-        self.grads = {"weight": dy.T @ x}
+        self.grads = {"weight": matmul(dy.T, x)}
         if "bias" in self.params:
             self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"]
+        return matmul(dy, self.params["weight"])
 
 
 class Flatten(Layer):
