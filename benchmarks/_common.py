@@ -98,6 +98,18 @@ def torch_variants(torch, fn, device):
     return {"": fn, "1t": with_torch_threads(torch, fn, 1)}
 
 
+def accumulate_time(acc, key, fn):
+    """``fn`` wrapped so that the wall time of every call is added to ``acc[key]``
+    (the profiles wrap ops and layers with it)."""
+    def run(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key] += time.perf_counter() - t0
+    return run
+
+
 def loadavg():
     try:
         return list(os.getloadavg())

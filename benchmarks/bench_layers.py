@@ -156,13 +156,7 @@ def profile_conv(x, w, b, dy, repeats=3):
     originals = {name: getattr(conv_mod, name) for name in CONV_STAGES}
 
     def timed(name, fn):
-        def run(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[name] += time.perf_counter() - t0
-        return run
+        return C.accumulate_time(acc, name, fn)
 
     workers = parallel.workers()
     parallel.set_workers(1)

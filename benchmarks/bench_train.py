@@ -130,13 +130,7 @@ def profile_step(name, size, width, batch, classes, repeats=3):
     acc = defaultdict(float)
 
     def timed(key, fn):
-        def run(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] += time.perf_counter() - t0
-        return run
+        return C.accumulate_time(acc, key, fn)
 
     backend.seed(0)
     model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_for(width),
