@@ -160,15 +160,11 @@ def _config_from_args(args):
 def cmd_train(args):
     from .train import train
 
-    cfg = _config_from_args(args)
-    hooks = []
-    if args.doctor:
-        from .doctor import Doctor
-        hooks.append(Doctor(every=args.doctor_every))
+    cfg = _config_from_args(args)  # --doctor is a setting: the Trainer adds the hook
     if args.data_parallel:
         from .distributed import train_data_parallel
-        return train_data_parallel(cfg, hooks=hooks, resume=args.resume)
-    train(cfg, hooks=hooks, resume=args.resume)
+        return train_data_parallel(cfg, resume=args.resume)
+    train(cfg, resume=args.resume)
     return 0
 
 

@@ -190,6 +190,10 @@ class Trainer:
     def __init__(self, cfg, hooks=(), shard=None, data=None):
         self.cfg = cfg
         self.hooks = list(hooks)
+        if cfg.doctor and not any(type(h).__name__ == "Doctor" for h in self.hooks):
+            # --doctor lives in the config, so a resumed or data-parallel run keeps it.
+            from .doctor import Doctor
+            self.hooks.append(Doctor(every=cfg.doctor_every))
         self.rank, self.world = shard or (0, 1)
         self.is_main = self.rank == 0
         self.out = Path(cfg.out)
