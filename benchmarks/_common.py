@@ -98,6 +98,19 @@ def torch_variants(torch, fn, device):
     return {"": fn, "1t": with_torch_threads(torch, fn, 1)}
 
 
+def start(args):
+    """What every benchmark does first: load PyTorch (when installed and wanted),
+    build the device synchronisers, and print the machine. Returns
+    ``(torch or None, tinyvgg_sync, torch_sync, machine_info)``."""
+    torch = load_torch(args.device, args.no_torch)
+    if torch is not None and args.quick:
+        torch.set_num_threads(1)  # a smoke run: skip PyTorch's slow-on-a-busy-machine threads
+    tv_sync, th_sync = synchronizer(args.device, torch)
+    info = machine_info(args.device, torch)
+    print("\n".join(machine_lines(info)))
+    return torch, tv_sync, th_sync, info
+
+
 def accumulate_time(acc, key, fn):
     """``fn`` wrapped so that the wall time of every call is added to ``acc[key]``
     (the profiles wrap ops and layers with it)."""

@@ -190,12 +190,7 @@ def main(argv=None):
     rss_mode = args.rss or ("none" if args.quick or args.device == "gpu" else "all")
 
     C.select_device(args.device)
-    torch = C.load_torch(args.device, args.no_torch)
-    if torch is not None and args.quick:
-        torch.set_num_threads(1)  # a smoke run: skip PyTorch's slow-on-a-busy-machine threads
-    tv_sync, th_sync = C.synchronizer(args.device, torch)
-    info = C.machine_info(args.device, torch)
-    print("\n".join(C.machine_lines(info)))
+    torch, tv_sync, th_sync, info = C.start(args)
 
     rows = []
     for cfg in configs(args.quick):

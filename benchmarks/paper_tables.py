@@ -422,7 +422,6 @@ def fusion_table(posts, labels):
 
 def judge_claims(results, posts, labels, fusion):
     """Each claim of the paper with the numbers of this run and a verdict (2 SE rule)."""
-    n = len(labels)
     claims = []
 
     def err(r, p="single"):
