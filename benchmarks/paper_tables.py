@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -49,6 +50,7 @@ if str(REPO) not in sys.path:
 
 from tinyvgg import backend  # noqa: E402
 from tinyvgg import evaluate_protocols as ep  # noqa: E402
+from tinyvgg.fileio import atomic_write_text  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 DEFAULT_IMAGENET = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -280,21 +282,26 @@ def metrics_of(post, labels):
 # The study
 # ----------------------------------------------------------------------------------
 
+def study_data(args):
+    """(data folder, description, temporary folder to remove or None): CIFAR-10 from
+    ``--data-dir`` or ``../shared``, or with ``--quick`` a tiny synthetic stand-in."""
+    if args.quick and args.data_dir is None:
+        tmp = tempfile.mkdtemp(prefix="paper_tables_quick_")
+        data_dir, data_desc = quick_dataset(Path(tmp) / "data")
+        return data_dir, data_desc, tmp
+    data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA
+    if not data_dir.exists():
+        raise SystemExit(f"error: {data_dir} not found; give --data-dir (the class-folder "
+                         f"copy of CIFAR-10 or the official release), or --quick")
+    return data_dir, f"CIFAR-10 training images from {data_dir}", None
+
+
 def run_study(args, st, log):
     from tinyvgg.train import prepare_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    if args.quick and args.data_dir is None:
-        tmp = tempfile.mkdtemp(prefix="paper_tables_quick_")
-        data_dir, data_desc = quick_dataset(Path(tmp) / "data")
-    else:
-        data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA
-        if not data_dir.exists():
-            raise SystemExit(f"error: {data_dir} not found; give --data-dir (the class-folder "
-                             f"copy of CIFAR-10 or the official release), or --quick")
-        data_desc = f"CIFAR-10 training images from {data_dir}"
+    data_dir, data_desc, tmp = study_data(args)
     dataset = dataset_kind(data_dir)
     progress = sys.stderr.isatty() and not args.quick
     backend.use(args.device)
@@ -384,6 +391,60 @@ def run_study(args, st, log):
         "time": {"training_s": t_train, "evaluation_s": t_eval,
                  "total_s": time.perf_counter() - t_study},
     }
+
+
+LONGER_RUNS = ["A", "E"]  # the two ends of the depth chain A -> B -> D -> E
+
+
+def longer_training(args, st, epochs, study, log):
+    """Test the likely reason for the depth result: train A and E again with ``epochs``
+    epochs (everything else as in the study: data, split, recipe, seed) and compare their
+    single-scale error with the study's, on the same validation images."""
+    from dataclasses import replace
+
+    from tinyvgg.train import prepare_data
+
+    data_dir, data_desc, tmp = study_data(args)
+    long_st = replace(st, epochs=epochs)
+    out = Path(args.out) / f"longer-{epochs}ep"
+    backend.use(args.device)
+    try:
+        progress = sys.stderr.isatty() and not args.quick
+        cfgs = {r: train_config(r, long_st, dataset_kind(data_dir), data_dir, out, args.device,
+                                progress) for r in LONGER_RUNS}
+        rows, posts = {}, {}
+        t0 = time.perf_counter()
+        for r in LONGER_RUNS:
+            log(f"[longer] training {r} for {epochs} epochs")
+            m = train_run(r, cfgs[r], args.reuse, log)
+            rows[r] = {"epochs": epochs, "train_time_s": m["train_time_s"],
+                       "final_train_accuracy": _last_train_accuracy(Path(cfgs[r].out))}
+        val = prepare_data(cfgs["A"])["val"]
+        labels = np.asarray(val.labels)
+        for r in LONGER_RUNS:
+            em = ep.as_eval_model(Path(cfgs[r].out) / "checkpoint.npz", name=r)
+            res = ep.evaluate_protocol(em, val, "single", batch_size=st.eval_batch,
+                                       return_posteriors=True, progress=progress,
+                                       desc=f"{r} single")
+            posts[r] = res["posteriors"]
+            rows[r]["top1_error"] = 100 * res["top1_error"]
+            log(f"  {r} after {epochs} epochs: top-1 error {rows[r]['top1_error']:.1f} %")
+        total = time.perf_counter() - t0
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    d, se = paired(posts["E"], posts["A"], labels)  # err(E) - err(A)
+    report = {"epochs": epochs, "study_epochs": st.epochs, "runs": rows, "n_val": int(len(labels)),
+              "e_minus_a": d, "e_minus_a_se": se, "time_s": total,
+              "train_commands": {r: train_command(cfgs[r]) for r in LONGER_RUNS}}
+    # the same difference in the study, from its saved posteriors (same validation images)
+    saved = Path(args.out) / "posteriors.npz"
+    if study and saved.is_file():
+        with np.load(saved) as z:
+            if np.array_equal(z["labels"], labels):
+                d0, se0 = paired(z["E|single"], z["A|single"], labels)
+                report.update(study_e_minus_a=d0, study_e_minus_a_se=se0)
+    return report
 
 
 def _last_train_accuracy(folder):
@@ -506,6 +567,8 @@ def judge_claims(results, posts, labels, fusion):
     claims.append({"claim": "fusing several models (averaging their posteriors) beats the best "
                             "single model", "numbers": "; ".join(parts),
                    "verdict": "; ".join(verdicts)})
+    for c, key in zip(claims, CLAIM_KEYS):
+        c["key"] = key
     return claims
 
 
@@ -608,6 +671,73 @@ def _short(text):
     return text.replace(str(REPO.parent) + os.sep, "../")
 
 
+OVERFIT_POINTS = 5.0  # |validation - last-epoch training error| below this: not over-fitted
+QUIET_LOAD = 0.5      # a 1-minute load average below this at the start: nothing else ran
+# The claims of judge_claims, in order (JSON written before "key" existed is read by position).
+CLAIM_KEYS = ["lrn", "depth", "1x1", "jitter", "multi-scale", "dense+crop", "fusion"]
+
+
+def load_note(start, end=None):
+    """The load average in words: a quiet machine, or other jobs sharing the CPU."""
+    if not start:
+        return "load average unknown"
+    text = f"load average {start} at the start" + (f", {end} at the end" if end else "")
+    if start[0] < QUIET_LOAD:
+        return text + ": nothing else ran when it started"
+    return (text + ": other work was running or had just stopped, so the times may be upper "
+            "bounds")
+
+
+def _all_supported(verdict):
+    """True when every part of a (possibly compound) verdict says 'supported'."""
+    if verdict.startswith("better for"):  # multi-scale: "better for k of n models, significantly for m, ..."
+        k, n, m, worse = map(int, re.findall(r"\d+", verdict)[:4])
+        return m == n and worse == 0
+    words = re.findall(r"supported|contradicted|not resolved|not monotone", verdict)
+    return bool(words) and all(x == "supported" for x in words)
+
+
+def likely_reason(key, st, train_err):
+    """The most likely reason a claim did not reproduce in this run, with its numbers."""
+    def te(*names):
+        return ", ".join(f"{r} {train_err[r]:.0f} %" for r in names if r in train_err)
+
+    epochs = f"{st['epochs']} epochs on {st['n_train']} images at width {st['width']:g}"
+    if key == "lrn":
+        return ("BatchNorm after every convolution already normalises what LRN would, and one "
+                "training seed per model cannot separate a small effect from seed noise.")
+    if key in ("depth", "1x1"):
+        chain = ["A", "B", "D", "E"] if key == "depth" else ["B", "C", "D"]
+        known = [r for r in chain if r in train_err]
+        if len(known) >= 2 and train_err[known[-1]] > train_err[known[0]]:
+            return (f"an equal budget of {epochs} is far from convergence, and the deeper nets "
+                    f"converge more slowly: last-epoch training error {te(*chain)}. The "
+                    f"comparison is between under-trained networks, not of what each depth "
+                    f"can learn.")
+        return (f"the deeper nets fit their training batches as well or better (last-epoch "
+                f"training error {te(*chain)}) but do not generalise better from "
+                f"{st['n_train']} images in {st['epochs']} epochs; one seed per model adds "
+                f"noise the error bars do not show.")
+    if key == "jitter":
+        return (f"at 32 pixels the jitter range [32, 48] gives little scale variation to learn "
+                f"from, the fixed-S baseline already has pad-4 random crops, and in {epochs} "
+                f"the stronger augmentation costs fit (last-epoch training error "
+                f"{te('D', 'D-S40', 'D-S32-48')}).")
+    if key == "multi-scale":
+        return ("rescaling a 32-pixel image to Q = S - 5 throws detail away and to S + 5 "
+                "invents it by interpolation, and a model trained at one fixed S never saw other "
+                "scales.")
+    if key == "dense+crop":
+        return ("at 32 pixels the dense score map is 1 x 1, so dense evaluation is one window "
+                "plus its flip and overlaps the multi-crop windows heavily: the two see "
+                "nearly the same pixels and make correlated errors.")
+    if key == "fusion":
+        return ("the members share data, recipe and augmentation, so their errors are "
+                "strongly correlated, and averaging in weaker members (Table 6 names each "
+                "fusion's best member) can pull the best one down.")
+    return "see the general reasons below."
+
+
 def render(report):
     L = []
     w = L.append
@@ -620,7 +750,9 @@ def render(report):
     w("")
     study = report.get("study")
     if study:
-        render_study(study, w)
+        render_study(study, w, report.get("longer"))
+    if report.get("longer"):
+        render_longer(report["longer"], study, w)
     else:
         w("*The CIFAR-10 study (Tables 3-6) has not been measured for this file yet: "
           "`python benchmarks/paper_tables.py` runs it (sized for about 90 minutes on a free "
@@ -634,16 +766,17 @@ def render(report):
     return "\n".join(L) + "\n"
 
 
-def render_study(s, w):
+def render_study(s, w, longer=None):
     st = s["settings"]
     runs = s["runs"]
     w("## Setting")
     w("")
-    w(f"- **Measured with:** `{s['command']}` on {s['machine']} ({s['date']}; load average "
-      f"{s.get('load_average')} at the start, {s.get('load_average_end')} at the end: other "
-      f"jobs shared the CPU, so times are upper bounds); "
+    w(f"- **Measured with:** `{s['command']}` on {s['machine']} ({s['date']}; "
+      f"{load_note(s.get('load_average'), s.get('load_average_end'))}); "
       + ("a QUICK pipeline check (tiny data, 1 epoch): NOT a result." if s.get("quick")
-         else f"a real run of the {s.get('budget_minutes', 90):g}-minute recipe."))
+         else "a real run of the full recipe (the default, sized for at most 90 minutes on "
+         "2 cores)." if s.get("budget_minutes", 90) >= 90
+         else f"a real run of the {s['budget_minutes']:g}-minute recipe."))
     w(f"- **Data:** {_short(s['data_description'])}. {st['n_train']} training images and a fixed "
       f"validation split of {s['n_val']} images held out of the training images (seeded "
       f"permutation, seed {st['seed']}; the same split for every model). All errors below are "
@@ -753,20 +886,38 @@ def render_study(s, w):
     w("Differences in top-1 error points, worse minus better as the paper predicts them (a "
       "positive number agrees with the paper), ± one paired standard error.")
     w("")
+    train_err = {r: 100 * (1 - row["final_train_accuracy"]) for r, row in runs.items()
+                 if row.get("final_train_accuracy") is not None}
     for i, c in enumerate(s["claims"], 1):
         w(f"{i}. **{c['claim']}**: {c['verdict']}. {c['numbers']}.")
+        key = c.get("key") or (CLAIM_KEYS[i - 1] if i <= len(CLAIM_KEYS) else None)
+        if not _all_supported(c["verdict"]) and key:
+            reason = likely_reason(key, st, train_err)
+            if key == "depth" and longer and "study_e_minus_a" in longer:
+                reason += (f" Tested below with {longer['epochs']} epochs instead of "
+                           f"{longer['study_epochs']}: E - A went from "
+                           f"{longer['study_e_minus_a']:+.1f} to {longer['e_minus_a']:+.1f} "
+                           f"points ({depth_trend(longer['study_e_minus_a'], longer['study_e_minus_a_se'], longer['e_minus_a'], longer['e_minus_a_se'])}).")
+            w(f"   *Likely reason:* {reason}")
     w("")
-    gaps = [(r, row["protocols"]["single"]["top1_error"], 100 * (1 - row["final_train_accuracy"]))
-            for r, row in runs.items() if row.get("final_train_accuracy") is not None]
+    gaps = [(r, runs[r]["protocols"]["single"]["top1_error"], tr) for r, tr in train_err.items()]
     if gaps:
-        gap = max(abs(v - tr) for _, v, tr in gaps)
         lo, hi = min(gaps, key=lambda g: g[2]), max(gaps, key=lambda g: g[2])
-        w(f"In this run every model's last-epoch training error is within {gap:.1f} points of "
-          f"its validation error, so none over-fits: all are under-trained, some more than "
-          f"others (training error from {lo[2]:.0f} % for {lo[0]} to {hi[2]:.0f} % for "
-          f"{hi[0]}).")
+        spread = (f"training error from {lo[2]:.0f} % for {lo[0]} to {hi[2]:.0f} % for "
+                  f"{hi[0]}")
+        gap = max(abs(v - tr) for _, v, tr in gaps)
+        if gap <= OVERFIT_POINTS:
+            w(f"In this run every model's last-epoch training error is within {gap:.1f} points "
+              f"of its validation error, so none over-fits: all are under-trained, some more "
+              f"than others ({spread}).")
+        else:
+            g = sorted(gaps, key=lambda g: g[1] - g[2])
+            w(f"Validation minus last-epoch training error ranges from {g[0][1] - g[0][2]:+.1f} "
+              f"points ({g[0][0]}) to {g[-1][1] - g[-1][2]:+.1f} points ({g[-1][0]}); the "
+              f"training error is measured on augmented batches with dropout on, so it "
+              f"overstates the clean training error ({spread}).")
         w("")
-    w("Why a claim may not reproduce here: the budget is a few epochs at width "
+    w("Why a claim may not reproduce here, in general: the budget is a few epochs at width "
       f"{st['width']:g} on {st['n_train']} images, so deeper nets (which train more slowly per "
       "epoch) are far from converged and the comparison is between under-trained networks; "
       "32-pixel images leave little room for scale effects (S = 40 is only 1.25x the crop) and "
@@ -799,11 +950,73 @@ def render_study(s, w):
     w("")
 
 
+def depth_trend(d0, se0, d, se):
+    """How E - A (top-1 error points) moved from the study (d0) to longer training (d),
+    judged against 2 standard errors of the larger of the two."""
+    tol = 2 * max(se, se0)
+    if d - d0 < -tol:
+        text = "E gains on A, towards the paper's finding"
+    elif d - d0 > tol:
+        text = "E falls further behind A, away from the paper's finding"
+    else:
+        return "the gap barely changes"
+    if d < -2 * se and d0 > 0:
+        text += ", and E is now better beyond 2 standard errors"
+    return text
+
+
+def render_longer(lg, study, w):
+    w(f"## Is the depth result under-training? A and E trained {lg['epochs']} epochs")
+    w("")
+    w(f"Measured with `{lg['command']}` on {lg['machine']} ({lg['date']}; "
+      f"{load_note(lg.get('load_average'), lg.get('load_average_end'))}); "
+      f"{minutes(lg['time_s'])} in all. The recipe, data, validation split and seed of the "
+      f"study above, only the number of epochs changed (the cosine schedule stretches with "
+      f"it).")
+    w("")
+    w("| ConvNet config. | epochs | top-1 val. error (%) | last-epoch train error (%) | "
+      "training time |")
+    w("|---|---|---|---|---|")
+    rows = []
+    if study:
+        for r in LONGER_RUNS:
+            row = study["runs"].get(r)
+            if row:
+                rows.append((r, study["settings"]["epochs"],
+                             row["protocols"]["single"]["top1_error"],
+                             row.get("final_train_accuracy"), row["train_time_s"]))
+    for r in LONGER_RUNS:
+        row = lg["runs"][r]
+        rows.append((r, row["epochs"], row["top1_error"], row.get("final_train_accuracy"),
+                     row["train_time_s"]))
+    for r, e, err, tr, t in rows:
+        w(f"| {r} | {e} | {fmt(err)} | {fmt(None if tr is None else 100 * (1 - tr))} | "
+          f"{minutes(t)} |")
+    w("")
+    d, se = lg["e_minus_a"], lg["e_minus_a_se"]
+    if "study_e_minus_a" in lg:
+        d0, se0 = lg["study_e_minus_a"], lg["study_e_minus_a_se"]
+        w(f"E minus A, top-1 error: {d0:+.1f} ± {se0:.1f} points after {lg['study_epochs']} "
+          f"epochs, {d:+.1f} ± {se:.1f} after {lg['epochs']} (a negative number means the "
+          f"deeper E is better, as the paper finds). With "
+          f"{lg['epochs'] / max(1, lg['study_epochs']):g}x the training, "
+          f"{depth_trend(d0, se0, d, se)}.")
+    else:
+        w(f"E minus A, top-1 error after {lg['epochs']} epochs: {d:+.1f} ± {se:.1f} points "
+          f"(a negative number means the deeper E is better, as the paper finds).")
+    w("")
+    w("```")
+    for cmd in lg["train_commands"].values():
+        w(_short(cmd))
+    w("```")
+    w("")
+
+
 def render_demo(d, w):
     w("## The 224-pixel path on real photographs (ImageNet sample)")
     w("")
-    w(f"Measured with `{d['command']}` on {d['machine']} ({d['date']}; load average "
-      f"{d.get('load_average')}: other jobs shared the CPU, so the times are upper bounds).")
+    w(f"Measured with `{d['command']}` on {d['machine']} ({d['date']}; "
+      f"{load_note(d.get('load_average'))}).")
     w("")
     w(f"{len(d['images'])} photographs of `{_short(d['folder'])}` ({d['n_files']} files, one per class; "
       f"grayscale: {', '.join(d['grayscale_files']) or 'none'}) through the paper's test-time "
@@ -875,8 +1088,14 @@ def main(argv=None):
     p.add_argument("--imagenet-images", type=int, default=4)
     p.add_argument("--imagenet-width", type=float, default=0.25,
                    help="VGG-16 width for the demo (1.0 = the paper's 138M parameters; slow)")
+    p.add_argument("--longer", type=int, default=None, metavar="EPOCHS",
+                   help="also train A and E for EPOCHS epochs (recipe otherwise unchanged) to "
+                        "test whether under-training explains the depth result; costs "
+                        "EPOCHS / 8 times the study's training time of A and E")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = p.parse_args(argv)
+    if args.longer is not None and args.longer < 1:
+        p.error(f"--longer needs a positive number of epochs, got {args.longer}")
 
     st = Settings.quick() if args.quick else Settings.for_budget(args.budget_minutes)
     if args.out is None:
@@ -908,14 +1127,23 @@ def main(argv=None):
         report["study"] = run_study(args, st, log)
         report["study"].update(stamp, quick=args.quick, load_average_end=_load(),
                                budget_minutes=None if args.quick else args.budget_minutes)
+        if report.pop("longer", None) is not None and not args.longer:
+            log("dropped the old --longer section: it compared against the previous study")
+    if args.longer:
+        study = report.get("study")
+        base = Settings(**study["settings"]) if (args.no_study and study) else st
+        log(f"longer training: A and E for {args.longer} epochs")
+        report["longer"] = longer_training(args, base, args.longer, study, log)
+        report["longer"].update(stamp, load_average_end=_load())
     if args.imagenet_demo:
         n = 1 if args.quick else args.imagenet_images
         width = min(args.imagenet_width, 0.0625) if args.quick else args.imagenet_width
         log(f"ImageNet-sample demo: VGG-16 at width {width:g}, {n} images")
         report["imagenet_demo"] = imagenet_demo(args.imagenet_dir, n, width, log)
         report["imagenet_demo"].update(stamp)
-    json_path.write_text(json.dumps(report, indent=2, default=_json_default))
-    md_path.write_text(render(report))
+    # atomic: a crash while writing never leaves a half-written result behind
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=_json_default))
+    atomic_write_text(md_path, render(report))
     log(f"wrote {md_path} and {json_path}")
     return 0
 

@@ -27,11 +27,11 @@ def pt():
         sys.modules.pop("paper_tables", None)
 
 
-def test_quick_runs_the_whole_pipeline(tmp_path):
+def test_quick_runs_the_whole_pipeline(pt, tmp_path):
     out = tmp_path / "quick"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=tmp_path,
-                       env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--longer", "2", "--out", str(out)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     md = (out / "paper_tables.md").read_text()
     for heading in ("Table 3", "Table 4", "Table 5", "Table 6", "Do the paper's findings hold",
@@ -49,6 +49,23 @@ def test_quick_runs_the_whole_pipeline(tmp_path):
     assert len(study["claims"]) == 7 and len(study["fusion"]) >= 4
     # written under --out (not the committed results), with the command that made it
     assert str(out) in study["command"] and study["quick"] is True
+    # --longer: A and E again with 2 epochs, compared on the study's validation images
+    longer = report["longer"]
+    assert longer["epochs"] == 2 and set(longer["runs"]) == {"A", "E"}
+    for name in ("A", "E"):
+        assert longer["runs"][name]["epochs"] == 2 and 0 <= longer["runs"][name]["top1_error"] <= 100
+        assert (out / "longer-2ep" / name / "checkpoint.npz").is_file()
+    assert "study_e_minus_a" in longer and "--epochs 2" in longer["train_commands"]["E"]
+    assert "A and E trained 2 epochs" in md
+    # every claim is tagged; a likely reason is rendered under exactly the unsupported ones
+    assert [c["key"] for c in study["claims"]] == pt.CLAIM_KEYS
+    for c in study["claims"]:
+        c["verdict"] = "supported"
+    study["claims"][1]["verdict"] = "contradicted; not monotone"
+    text = pt.render(report)
+    assert text.count("*Likely reason:*") == 1
+    claims_block = text.split("## Do the paper's findings hold here?")[1].split("\n2. ")[1]
+    assert claims_block.split("\n3. ")[0].count("*Likely reason:*") == 1
 
 
 def test_settings_scale_with_the_budget(pt):
@@ -93,3 +110,41 @@ def test_synthetic_quick_dataset_when_shared_data_is_missing(pt, tmp_path, monke
     from tinyvgg.data import load_dataset
     ds = load_dataset("folder", root, cache=False)
     assert len(ds) == 30 and len(ds.classes) == 10 and ds.images.shape[1:] == (32, 32, 3)
+
+
+@pytest.mark.parametrize("verdict, ok", [
+    ("supported (no significant gain from LRN)", True),
+    ("contradicted (LRN helped here, beyond 2 SE)", False),
+    ("supported; monotone", True),
+    ("supported; not monotone", False),
+    ("C vs D: supported; B vs C: not resolved (within 2 SE; wrong sign)", False),
+    ("D: supported, D-S32-48: supported", True),
+    ("D at S = 32, 40, [32, 48] (multi-scale): supported; all 8 models (dense): supported", True),
+    ("better for 8 of 8 models, significantly for 8, significantly worse for 0", True),
+    ("better for 6 of 8 models, significantly for 2, significantly worse for 0", False),
+])
+def test_a_compound_verdict_counts_as_supported_only_when_every_part_is(pt, verdict, ok):
+    assert pt._all_supported(verdict) is ok
+
+
+def test_load_note_says_whether_other_jobs_shared_the_cpu(pt):
+    assert "nothing else ran" in pt.load_note([0.1, 0.2, 0.3], [2.0, 1.5, 1.0])
+    assert "may be upper bounds" in pt.load_note([5.5, 6.0, 7.0])
+    assert pt.load_note(None) == "load average unknown"
+
+
+def test_likely_reason_follows_the_measured_training_errors(pt):
+    st = dict(epochs=8, n_train=12000, width=0.125)
+    slower = pt.likely_reason("depth", st, {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0})
+    assert "converge more slowly" in slower and "E 40 %" in slower
+    fits = pt.likely_reason("depth", st, {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0})
+    assert "as well or better" in fits and "converge more slowly" not in fits
+    for key in pt.CLAIM_KEYS:
+        assert pt.likely_reason(key, st, {}).endswith(".")
+
+
+def test_depth_trend_names_the_direction(pt):
+    assert "towards the paper" in pt.depth_trend(15.0, 1.5, 5.0, 1.5)
+    assert "now better" in pt.depth_trend(15.0, 1.5, -5.0, 1.5)
+    assert "away from the paper" in pt.depth_trend(5.0, 1.5, 15.0, 1.5)
+    assert pt.depth_trend(15.0, 1.5, 14.0, 1.5) == "the gap barely changes"
