@@ -588,14 +588,32 @@ PROTO_ORDER = ("single", "multi-scale", "dense", "multi-crop", "dense+multi-crop
 # The 224-pixel path on real photographs
 # ----------------------------------------------------------------------------------
 
-def imagenet_demo(folder, n_images=4, width=0.25, log=print):
-    """A VGG-16 (random weights) through rescaling, dense evaluation and multi-crop on a
-    few photographs of the ImageNet sample: shapes and timings."""
+def imagenet_labels(folder):
+    """{wnid folder: ILSVRC-2012 class index}, or None when the folder's classes cannot be
+    placed: ``../shared/data/imagenet-sample`` holds every tenth class (100 folders, whose
+    sorted wnids are classes 0, 10, 20, ...), a full copy all 1000 (sorted wnids are the
+    class indices torchvision's weights use)."""
+    dirs = sorted(d.name for d in Path(folder).iterdir() if d.is_dir())
+    stride = {100: 10, 1000: 1}.get(len(dirs))
+    return None if stride is None else {d: stride * i for i, d in enumerate(dirs)}
+
+
+IMAGENET_METHODS = ("single", "dense", "multi-crop", "dense+multi-crop")  # all at Q = 256
+
+
+def imagenet_demo(folder, n_images=4, width=0.25, log=print, checkpoint=None):
+    """A VGG-16 through rescaling, dense evaluation and multi-crop on a few photographs of
+    the ImageNet sample: shapes and timings. Random weights, or with ``checkpoint`` (for
+    example torchvision's pre-trained VGG-16 converted by ``python -m tinyvgg convert``)
+    its weights, and then the top-1/top-5 error of each method on the photos."""
     from PIL import Image
 
     from tinyvgg.models import count_params, vgg
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder} is not a folder of class folders of photos; give "
+                         f"--imagenet-dir")
     files = sorted(p for d in sorted(folder.iterdir()) if d.is_dir() for p in sorted(d.iterdir())
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
@@ -606,14 +624,27 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print):
             modes[p] = im.mode
     gray = [p for p in files if modes[p] in ("L", "LA", "1", "I", "I;16")]
     chosen = [p for p in files if p not in gray][:max(0, n_images - len(gray[:1]))] + gray[:1]
-    hidden = max(16, int(round(4096 * width)))
-    backend.seed(0)
     t0 = time.perf_counter()
-    model = vgg("vgg16", num_classes=1000, input_size=224, width=width, hidden=hidden, init="he")
+    if checkpoint is None:
+        hidden = max(16, int(round(4096 * width)))
+        backend.seed(0)
+        model = vgg("vgg16", num_classes=1000, input_size=224, width=width, hidden=hidden,
+                    init="he")
+        em = ep.as_eval_model(model, mean=IMAGENET_MEAN, std=None, train_scale=256,
+                              name=f"VGG-16 width {width:g}")
+    else:
+        em = ep.as_eval_model(str(checkpoint), train_scale=256, name=Path(checkpoint).name)
+        model = em.model
+        cfg = model.config
+        if cfg.get("num_classes") != 1000 or em.input_size != 224 or em.channels != 3:
+            raise SystemExit(f"error: {checkpoint} is a {cfg.get('name')} for "
+                             f"{cfg.get('num_classes')} classes at {em.input_size} pixels and "
+                             f"{em.channels} channels; the ImageNet demo needs 1000 classes, "
+                             f"224 pixels, RGB")
+        width, hidden = cfg.get("width", 1.0), cfg.get("hidden", 4096)
     t_build = time.perf_counter() - t0
     macs = sum(r["macs"] for r in model.layer_table())
-    em = ep.as_eval_model(model, mean=IMAGENET_MEAN, std=None, train_scale=256,
-                          name=f"VGG-16 width {width:g}")
+    labels = imagenet_labels(folder) if checkpoint is not None else None
     rows = []
     for p in chosen:
         with Image.open(p) as im:
@@ -626,11 +657,12 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print):
         t = time.perf_counter()
         single = ep.single_scale_posteriors(em, [arr], Q=256)
         row["single_s"] = time.perf_counter() - t
-        row["dense"] = []
+        row["dense"], dense_post = [], {}
         for q in (256, 384):
             resc = ep.prepare_images([arr], q, em)[0][1]
             t = time.perf_counter()
             post, maps = ep.dense_posteriors(em, [arr], Q=q, flip=True, return_maps=True)
+            dense_post[q] = post
             row["dense"].append({"Q": q, "input": list(resc.shape), "score_map": list(maps[0]),
                                  "time_s": time.perf_counter() - t})
         t = time.perf_counter()
@@ -641,16 +673,31 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print):
                              "time_s": time.perf_counter() - t}
         row["posterior_shape"] = list(mc.shape)
         row["top5_multi_crop"] = [int(k) for k in np.argsort(-mc[0])[:5]]
-        row["agree_single_dense_top1"] = bool(single.argmax() == post.argmax())
+        row["agree_single_dense_top1"] = bool(single.argmax() == dense_post[256].argmax())
+        if labels is not None:
+            posts = {"single": single, "dense": dense_post[256], "multi-crop": mc,
+                     "dense+multi-crop": 0.5 * (dense_post[256] + mc)}
+            row["label"] = labels[p.parent.name]
+            row["top5"] = {m: [int(k) for k in np.argsort(-np.asarray(v)[0])[:5]]
+                           for m, v in posts.items()}
         rows.append(row)
         log(f"  {row['file']} ({mode}, {arr.shape[1]}x{arr.shape[0]}): dense 256 map "
             f"{row['dense'][0]['score_map']} in {row['dense'][0]['time_s']:.1f} s, multi-crop "
             f"{row['multi_crop']['time_s']:.1f} s")
+    errors = None
+    if labels is not None and rows:
+        errors = {m: {"top1_error": 100 * float(np.mean([r["top5"][m][0] != r["label"]
+                                                         for r in rows])),
+                      "top5_error": 100 * float(np.mean([r["label"] not in r["top5"][m]
+                                                         for r in rows]))}
+                  for m in IMAGENET_METHODS}
     return {"folder": str(folder), "n_files": len(files), "grayscale_files": [
         f"{p.parent.name}/{p.name}" for p in gray], "width": width, "hidden": hidden,
         "params": model.num_params(), "params_full_width": count_params("vgg16"),
         "macs_per_224_crop": int(macs), "build_s": t_build, "images": rows,
-        "mean": IMAGENET_MEAN}
+        "mean": None if em.mean is None else [round(float(v), 2) for v in np.ravel(em.mean)],
+        "std": None if em.std is None else [round(float(v), 2) for v in np.ravel(em.std)],
+        "checkpoint": None if checkpoint is None else str(checkpoint), "errors": errors}
 
 
 # ----------------------------------------------------------------------------------
@@ -1018,15 +1065,23 @@ def render_demo(d, w):
     w(f"Measured with `{d['command']}` on {d['machine']} ({d['date']}; "
       f"{load_note(d.get('load_average'))}).")
     w("")
-    w(f"{len(d['images'])} photographs of `{_short(d['folder'])}` ({d['n_files']} files, one per class; "
+    if d.get("checkpoint"):
+        weights = (f"the weights of `{_short(d['checkpoint'])}`: the predictions are real, "
+                   f"and the errors below compare the methods")
+    else:
+        weights = ("**random weights** (He initialisation): the shapes and timings are the "
+                   "point, the predicted classes mean nothing")
+    w(f"{len(d['images'])} photographs of `{_short(d['folder'])}` ({d['n_files']} files; "
       f"grayscale: {', '.join(d['grayscale_files']) or 'none'}) through the paper's test-time "
-      f"pipeline with a VGG-16 (configuration D) of **random weights** (He initialisation): "
-      f"the shapes and timings are the point, the predicted classes mean nothing. "
+      f"pipeline with a VGG-16 (configuration D) of {weights}. "
       f"Width {d['width']:g} (hidden {d['hidden']}): {d['params']:,} parameters and "
-      f"{d['macs_per_224_crop'] / 1e9:.2f} G multiply-adds per 224 x 224 crop, against "
-      f"{d['params_full_width']:,} parameters at full width (about 15.5 G multiply-adds per "
-      f"crop, too slow for this CPU demo). Mean RGB {d['mean']} subtracted; grayscale photos "
-      f"are repeated over the three channels. Built in {d['build_s']:.1f} s.")
+      f"{d['macs_per_224_crop'] / 1e9:.2f} G multiply-adds per 224 x 224 crop"
+      + (f", against {d['params_full_width']:,} parameters at full width (about 15.5 G "
+         f"multiply-adds per crop, too slow for this CPU demo)" if d['width'] < 1 else "")
+      + f". Mean RGB {d['mean']} subtracted"
+      + (f", divided by the std {d['std']}" if d.get("std") else "")
+      + f"; grayscale photos are repeated over the three channels. Built in "
+      f"{d['build_s']:.1f} s.")
     w("")
     w("| image | mode | H x W x C | Q | rescaled input (N, C, H, W) | dense score map (N, K, h, w) "
       "| dense time (2 passes) | multi-crop at Q = 256 (50 crops) |")
@@ -1047,6 +1102,16 @@ def render_demo(d, w):
       f"evaluation sees the whole image for {np.mean(crops) / max(np.mean(dense), 1e-9):.0f}x less "
       f"time than the 50 crops, the paper's reason to prefer it (section 3.2).")
     w("")
+    if d.get("errors"):
+        w(f"Error on these {len(d['images'])} photographs, every method at Q = 256 (class "
+          f"indices from `imagenet_labels`: the sample's sorted wnids are every tenth ILSVRC "
+          f"class):")
+        w("")
+        w("| method | top-1 error (%) | top-5 error (%) |")
+        w("|---|---|---|")
+        for m, e in d["errors"].items():
+            w(f"| {m} | {fmt(e['top1_error'])} | {fmt(e['top5_error'])} |")
+        w("")
     w("Rescaling keeps the aspect ratio (shorter side Q), so the dense score map is not square: "
       "h = H / 32 - 6, w = W / 32 - 6 (rounded down), with fc6 a 7 x 7 convolution and fc7, "
       "fc8 1 x 1 convolutions. The class posteriors are (1, 1000) for every method.")
@@ -1086,6 +1151,10 @@ def main(argv=None):
     p.add_argument("--imagenet-demo", action="store_true", help="add the 224-pixel section")
     p.add_argument("--imagenet-dir", default=str(DEFAULT_IMAGENET))
     p.add_argument("--imagenet-images", type=int, default=4)
+    p.add_argument("--imagenet-checkpoint", default=None, metavar="NPZ",
+                   help="weights for the demo instead of random ones, e.g. torchvision's "
+                        "pre-trained VGG-16 after `python -m tinyvgg convert vgg16.pth "
+                        "vgg16.npz`; the demo then reports each method's error on the photos")
     p.add_argument("--imagenet-width", type=float, default=0.25,
                    help="VGG-16 width for the demo (1.0 = the paper's 138M parameters; slow)")
     p.add_argument("--longer", type=int, default=None, metavar="EPOCHS",
@@ -1139,7 +1208,8 @@ def main(argv=None):
         n = 1 if args.quick else args.imagenet_images
         width = min(args.imagenet_width, 0.0625) if args.quick else args.imagenet_width
         log(f"ImageNet-sample demo: VGG-16 at width {width:g}, {n} images")
-        report["imagenet_demo"] = imagenet_demo(args.imagenet_dir, n, width, log)
+        report["imagenet_demo"] = imagenet_demo(args.imagenet_dir, n, width, log,
+                                                checkpoint=args.imagenet_checkpoint)
         report["imagenet_demo"].update(stamp)
     # atomic: a crash while writing never leaves a half-written result behind
     atomic_write_text(json_path, json.dumps(report, indent=2, default=_json_default))

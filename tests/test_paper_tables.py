@@ -148,3 +148,70 @@ def test_depth_trend_names_the_direction(pt):
     assert "now better" in pt.depth_trend(15.0, 1.5, -5.0, 1.5)
     assert "away from the paper" in pt.depth_trend(5.0, 1.5, 15.0, 1.5)
     assert pt.depth_trend(15.0, 1.5, 14.0, 1.5) == "the gap barely changes"
+
+
+def _photo_folder(root, n_classes):
+    """Class folders of one random JPEG each, ImageNet-sized; class 1 is grayscale."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n_classes):
+        d = root / f"n{i:08d}"
+        d.mkdir(parents=True)
+        if i == 1:
+            img = Image.fromarray(rng.integers(0, 256, (500, 333), dtype=np.uint8), "L")
+        else:
+            img = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8), "RGB")
+        img.save(d / f"n{i:08d}_photo.JPEG")
+    return root
+
+
+def test_imagenet_labels_place_the_sample_classes(pt, tmp_path):
+    root = tmp_path / "sample"
+    for i in range(100):
+        (root / f"n{i:08d}").mkdir(parents=True)
+    labels = pt.imagenet_labels(root)
+    assert labels["n00000000"] == 0 and labels["n00000001"] == 10 and labels["n00000099"] == 990
+    assert pt.imagenet_labels(_photo_folder(tmp_path / "few", 3)) is None
+
+
+def test_imagenet_demo_shapes_with_random_weights(pt, tmp_path):
+    d = pt.imagenet_demo(_photo_folder(tmp_path / "photos", 3), n_images=2, width=1 / 16,
+                         log=lambda m: None)
+    rows = {r["mode"]: r for r in d["images"]}
+    assert set(rows) == {"RGB", "L"} and d["errors"] is None and d["checkpoint"] is None
+    rgb, gray = rows["RGB"], rows["L"]
+    # shorter side to Q, aspect kept; the map is (H / 32 - 6) x (W / 32 - 6), rounded down
+    assert [x["input"] for x in rgb["dense"]] == [[1, 3, 256, 341], [1, 3, 384, 512]]
+    assert [x["score_map"] for x in rgb["dense"]] == [[1, 1000, 2, 4], [1, 1000, 6, 10]]
+    assert gray["dense"][0]["input"] == [1, 3, 384, 256] and gray["dense"][0]["score_map"] == \
+        [1, 1000, 6, 2]
+    assert rgb["multi_crop"]["positions"] == 25 and rgb["posterior_shape"] == [1, 1000]
+    assert "random weights" in pt.render({"imagenet_demo": dict(d, command="c", machine="m",
+                                                               date="d", load_average=None)})
+
+
+def test_imagenet_demo_with_a_checkpoint_reports_each_methods_error(pt, tmp_path):
+    from tinyvgg import checkpoint
+    from tinyvgg.models import vgg
+    model = vgg("vgg16", num_classes=1000, input_size=224, width=1 / 16, hidden=32)
+    ck = checkpoint.save(tmp_path / "vgg16.npz", model, mean=[120.0, 115.0, 100.0],
+                         std=[60.0, 60.0, 60.0], input_size=224)
+    folder = _photo_folder(tmp_path / "photos", 100)
+    d = pt.imagenet_demo(folder, n_images=2, log=lambda m: None, checkpoint=ck)
+    assert d["checkpoint"] == str(ck) and d["width"] == pytest.approx(1 / 16)
+    assert d["std"] == [60.0, 60.0, 60.0]
+    for r in d["images"]:
+        assert r["label"] == 10 * int(r["file"][1:9])
+        assert set(r["top5"]) == set(pt.IMAGENET_METHODS)
+    for m in pt.IMAGENET_METHODS:
+        top1 = 100 * np.mean([r["top5"][m][0] != r["label"] for r in d["images"]])
+        assert d["errors"][m]["top1_error"] == pytest.approx(top1)
+        assert 0 <= d["errors"][m]["top5_error"] <= d["errors"][m]["top1_error"]
+    text = pt.render({"imagenet_demo": dict(d, command="c", machine="m", date="d",
+                                            load_average=None)})
+    assert "| dense+multi-crop |" in text and "random weights" not in text
+
+    small = checkpoint.save(tmp_path / "small.npz", vgg("vgg11", num_classes=10, width=1 / 16,
+                                                        hidden=16))
+    with pytest.raises(SystemExit, match="1000 classes"):
+        pt.imagenet_demo(folder, n_images=1, log=lambda m: None, checkpoint=small)
