@@ -265,6 +265,13 @@ def _native_side(images, em):
     return int(em.input_size)
 
 
+def _single_q(em, images, Q):
+    """``Q`` as given, or the model's single-scale Q for these images."""
+    if Q is not None:
+        return Q
+    return model_test_scales(em, multi=False, native_size=_native_side(images, em))[0]
+
+
 def model_test_scales(model, multi=True, native_size=None):
     """:func:`test_scales` for an EvalModel: its training scale, or for a model trained
     without rescaling the native image side ``native_size`` (default: its input size)."""
@@ -403,8 +410,7 @@ def single_scale_posteriors(model, images, Q=None, batch_size=64, flip=False):
     side ``Q`` (default: the model's single-scale Q). ``flip=True`` averages with the
     mirrored crop (off by default: the paper's single-scale numbers use none)."""
     em = as_eval_model(model)
-    if Q is None:
-        Q = model_test_scales(em, multi=False, native_size=_native_side(images, em))[0]
+    Q = _single_q(em, images, Q)
     s, b = em.input_size, _batch_size(batch_size)
     fwd = lambda xb: em.model.forward(xb, train=False)  # noqa: E731
 
@@ -440,8 +446,7 @@ def dense_posteriors(model, images, Q=None, flip=True, batch_size=64, return_map
     image group.
     """
     em = as_eval_model(model)
-    if Q is None:
-        Q = model_test_scales(em, multi=False, native_size=_native_side(images, em))[0]
+    Q = _single_q(em, images, Q)
     fc, b = em.fully_convolutional, _batch_size(batch_size)
     shapes = []
 
@@ -465,8 +470,7 @@ def multi_crop_posteriors(model, images, Q=None, grid=5, flip=True, batch_size=6
     """Posteriors of a ``grid`` x ``grid`` set of s x s crops (and their mirror images
     with ``flip``) of each image rescaled to ``Q``, averaged: (N, K)."""
     em = as_eval_model(model)
-    if Q is None:
-        Q = model_test_scales(em, multi=False, native_size=_native_side(images, em))[0]
+    Q = _single_q(em, images, Q)
     s, b = em.input_size, _batch_size(batch_size)
     fwd = lambda xb: em.model.forward(xb, train=False)  # noqa: E731
 

@@ -37,21 +37,16 @@ def plot_history(history, path):
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    if any("val_loss" in h for h in history):
-        a1.plot(epochs, [h.get("val_loss", np.nan) for h in history], "s-", label="validation")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("cross-entropy")
-    a1.set_title("loss")
-    a1.legend()
-    a2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    if any("val_acc" in h for h in history):
-        a2.plot(epochs, [h.get("val_acc", np.nan) for h in history], "s-", label="validation")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.set_title("accuracy")
-    a2.legend()
-    for a in (a1, a2):
+    for a, key, ylabel, title in ((a1, "loss", "cross-entropy", "loss"),
+                                  (a2, "acc", "accuracy", "accuracy")):
+        a.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        if any(f"val_{key}" in h for h in history):
+            a.plot(epochs, [h.get(f"val_{key}", np.nan) for h in history], "s-",
+                   label="validation")
+        a.set_xlabel("epoch")
+        a.set_ylabel(ylabel)
+        a.set_title(title)
+        a.legend()
         a.grid(alpha=0.3)
     return _save(fig, path)
 
