@@ -69,3 +69,52 @@ def test_bad_input_errors(z, y, err, pattern):
 def test_backward_before_forward():
     with pytest.raises(RuntimeError, match="before forward"):
         SoftmaxCrossEntropy().backward()
+
+
+# --- label smoothing ------------------------------------------------------------
+
+def _smoothed_loss_by_loops(z, y, eps):
+    """The definition, one sample and one class at a time: -sum_k q_k log p_k."""
+    n, k = z.shape
+    total = 0.0
+    for i in range(n):
+        p = np.exp(z[i] - z[i].max())
+        p /= p.sum()
+        for j in range(k):
+            q = (1 - eps) * (j == y[i]) + eps / k
+            total -= q * np.log(p[j])
+    return total / n
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.5])
+def test_label_smoothing_value_and_gradient_match_definition(eps):
+    r = np.random.default_rng(4)
+    z = r.standard_normal((6, 5)) * 2
+    y = np.array([0, 4, 1, 2, 2, 3])
+    loss = SoftmaxCrossEntropy(label_smoothing=eps)
+    assert abs(loss.forward(z, y) - _smoothed_loss_by_loops(z, y, eps)) < 1e-12
+    q = (1 - eps) * np.eye(5)[y] + eps / 5
+    np.testing.assert_allclose(loss.backward(), (softmax(z) - q) / 6, rtol=1e-12, atol=1e-15)
+
+
+def test_label_smoothing_gradient_check():
+    z = np.random.default_rng(5).standard_normal((7, 5)) * 3
+    report = check_loss(SoftmaxCrossEntropy(label_smoothing=0.1), z, np.array([0, 1, 2, 3, 4, 0, 1]))
+    assert report.max_error <= 1e-6, str(report)
+
+
+def test_label_smoothing_zero_is_the_plain_loss_and_float32_stays_float32():
+    z = np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32)
+    y = np.array([2, 0, 1, 1])
+    a, b = SoftmaxCrossEntropy(), SoftmaxCrossEntropy(label_smoothing=0.0)
+    assert a.forward(z, y) == b.forward(z, y)
+    np.testing.assert_array_equal(a.backward(), b.backward())
+    c = SoftmaxCrossEntropy(label_smoothing=0.1)
+    c.forward(z, y)
+    assert c.backward().dtype == np.float32
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, 2])
+def test_label_smoothing_out_of_range(eps):
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\)"):
+        SoftmaxCrossEntropy(label_smoothing=eps)

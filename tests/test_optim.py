@@ -138,3 +138,63 @@ def test_schedule_state_round_trip():
     assert opt2.lr == opt.lr and s2.best == s.best and s2.bad_epochs == s.bad_epochs
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule("linear", opt, epochs=1, steps_per_epoch=1)
+
+
+def test_weight_decay_skips_biases_when_asked():
+    m = OneLayer()
+    w0, b0 = m.layer.params["weight"].copy(), m.layer.params["bias"].copy()
+    b0 += 1.0
+    m.layer.params["bias"][...] = b0
+    opt = SGD(m, lr=0.1, momentum=0.0, weight_decay=0.5, decay_bias_and_norm=False)
+    m.layer.grads = {"weight": np.zeros_like(w0), "bias": np.zeros_like(b0)}
+    opt.step()
+    np.testing.assert_allclose(m.layer.params["weight"], w0 * (1 - 0.1 * 0.5), rtol=1e-12)
+    np.testing.assert_array_equal(m.layer.params["bias"], b0)  # 1-D: not decayed
+    opt2 = SGD(m, lr=0.1, momentum=0.0, weight_decay=0.5)  # the default decays every parameter
+    opt2.step()
+    np.testing.assert_allclose(m.layer.params["bias"], b0 * (1 - 0.1 * 0.5), rtol=1e-12)
+
+
+def test_one_cycle_rises_linearly_then_falls_to_near_zero():
+    from tinyvgg.optim import OneCycleLR
+    m = OneLayer()
+    opt = SGD(m, lr=0.1)
+    s = make_schedule("onecycle", opt, epochs=4, steps_per_epoch=25, pct_start=0.2)
+    assert isinstance(s, OneCycleLR)
+    rates = [opt.lr]
+    for _ in range(99):
+        s.batch_end()
+        rates.append(opt.lr)
+    rates = np.array(rates)
+    peak = int(np.argmax(rates))
+    assert abs(rates[0] - 0.1 / 25) < 1e-12 and 0.1 - 1e-4 < rates.max() <= 0.1  # peak between two steps
+    assert abs(peak - 0.2 * 99) <= 1
+    np.testing.assert_allclose(np.diff(rates[:peak]), (0.1 - 0.004) / (0.2 * 99), rtol=1e-9)
+    assert np.all(np.diff(rates[peak:]) < 0) and abs(rates[-1] - 0.1 / 1e4) < 1e-12
+    s.epoch_end(0.5)  # the validation result does not change the rate
+    assert opt.lr == rates[-1]
+
+
+def test_one_cycle_resumes_exactly():
+    def rates(resume_at=None):
+        opt = SGD(OneLayer(), lr=0.2)
+        s = make_schedule("onecycle", opt, epochs=3, steps_per_epoch=10)
+        out = []
+        for i in range(30):
+            if i == resume_at:
+                state = s.state_dict()
+                opt = SGD(OneLayer(), lr=0.2)
+                s = make_schedule("onecycle", opt, epochs=3, steps_per_epoch=10)
+                s.load_state_dict(state)
+            out.append(opt.lr)
+            s.batch_end()
+        return out
+    assert rates() == rates(resume_at=13)
+
+
+@pytest.mark.parametrize("kw, pattern", [({"total_steps": 0}, "total_steps"), ({"total_steps": 5, "pct_start": 1.0},
+                                         "pct_start")])
+def test_one_cycle_bad_arguments(kw, pattern):
+    from tinyvgg.optim import OneCycleLR
+    with pytest.raises(ValueError, match=pattern):
+        OneCycleLR(SGD(OneLayer(), lr=0.1), **kw)

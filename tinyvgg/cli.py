@@ -32,6 +32,11 @@ def _scale(text):
     raise argparse.ArgumentTypeError(f"expected S or S_MIN,S_MAX, got {text!r}")
 
 
+# Options a recipe sets (--recipe): left out of the namespace when not given, so that
+# TrainConfig.from_recipe fills them from the recipe and an explicit option wins.
+_FROM_RECIPE = dict(default=argparse.SUPPRESS)
+
+
 def _add_model_args(p, defaults):
     p.add_argument("--model", default=defaults.model,
                    help="vgg11 (A), vgg11_lrn (A-LRN), vgg13 (B), vgg16_1x1 (C), vgg16 (D), vgg19 (E)")
@@ -41,25 +46,56 @@ def _add_model_args(p, defaults):
     p.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=defaults.batch_norm,
                    help="BatchNorm after every convolution")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
-    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--dropout", type=float, **_FROM_RECIPE,
+                   help=f"dropout of the hidden FC layers (default recipe {defaults.dropout}, paper 0.5)")
     p.add_argument("--init", default=defaults.init, choices=["paper", "glorot", "he"])
+
+
+def _add_recipe_args(p, defaults):
+    from .optim import SCHEDULES
+    from .train import PAPER_RECIPE, RECIPES
+
+    paper = PAPER_RECIPE
+    p.add_argument("--recipe", default="default", choices=list(RECIPES),
+                   help="default: one cycle to --lr over --epochs, Nesterov momentum, batch "
+                        f"{defaults.batch_size}, label smoothing {defaults.label_smoothing}, no dropout, weight "
+                        "decay on weights only (measured: experiments/results/recipe_ablation.md); paper: the "
+                        f"paper's section 3.1 (batch {paper['batch_size']}, lr {paper['lr']}, momentum "
+                        f"{paper['momentum']}, weight decay {paper['weight_decay']}, dropout {paper['dropout']}, "
+                        "lr divided by 10 on a validation plateau). Options given explicitly override it")
+    p.add_argument("--batch-size", type=int, **_FROM_RECIPE, help=f"default {defaults.batch_size}")
+    p.add_argument("--lr", type=float, **_FROM_RECIPE,
+                   help="(peak) learning rate; default 0.1 with --batch-norm, 0.01 without")
+    p.add_argument("--momentum", type=float, **_FROM_RECIPE, help=f"default {defaults.momentum}")
+    p.add_argument("--weight-decay", type=float, **_FROM_RECIPE, help=f"default {defaults.weight_decay}")
+    p.add_argument("--decay-bias-and-norm", dest="decay_bias_and_norm", action="store_true", **_FROM_RECIPE,
+                   help="apply weight decay to biases and BatchNorm parameters too (the paper's recipe does)")
+    p.add_argument("--nesterov", dest="nesterov", action="store_true", **_FROM_RECIPE,
+                   help="Nesterov momentum (on in the default recipe)")
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false", **_FROM_RECIPE)
+    p.add_argument("--schedule", choices=list(SCHEDULES), **_FROM_RECIPE,
+                   help=f"default {defaults.schedule}: warm-up over --pct-start of the steps, then cosine to "
+                        "near zero at the last epoch; plateau = the paper's: divide by 10 when validation "
+                        "accuracy stops improving")
+    p.add_argument("--pct-start", type=float, **_FROM_RECIPE,
+                   help=f"onecycle: the fraction of the steps spent warming up (default {defaults.pct_start})")
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--warmup-epochs", type=float, **_FROM_RECIPE,
+                   help="linear warm-up for the other schedules (epochs)")
+    p.add_argument("--label-smoothing", type=float, **_FROM_RECIPE,
+                   help=f"target (1 - e) one-hot + e / K (default {defaults.label_smoothing}, paper 0)")
+    p.add_argument("--tta-flip", dest="tta_flip", action="store_true", **_FROM_RECIPE,
+                   help="validation and test accuracy average the posteriors of each image and its mirror")
+    p.add_argument("--no-tta-flip", dest="tta_flip", action="store_false", **_FROM_RECIPE)
 
 
 def _add_train_args(p, defaults):
     _add_model_args(p, defaults)
+    _add_recipe_args(p, defaults)
     p.add_argument("--dataset", default=defaults.dataset, choices=["fashion-mnist", "cifar10", "folder"])
     p.add_argument("--data-dir", default=None, help="where the data is (else $TINYVGG_DATA, ~/.cache/tinyvgg, "
                    "/usr/share/datasets; downloaded when missing)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--momentum", type=float, default=defaults.momentum)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--schedule", default=defaults.schedule, choices=["plateau", "step", "cosine", "constant"],
-                   help="plateau = the paper's: divide by 10 when validation accuracy stops improving")
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs)
     p.add_argument("--input-size", type=int, default=None, help="network input side (multiple of 32)")
     p.add_argument("--val-size", type=float, default=defaults.val_size,
                    help="validation hold-out: a fraction (<1) or a number of images")
@@ -151,10 +187,12 @@ def build_parser():
 
 
 def _config_from_args(args):
+    """The TrainConfig of a ``train``/``doctor`` command line: ``--recipe``'s settings,
+    then every option the command line gave or defaults outside the recipe."""
     from .train import TrainConfig
 
-    kw = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    return TrainConfig(**kw)
+    kw = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
+    return TrainConfig.from_recipe(getattr(args, "recipe", "default"), **kw)
 
 
 def cmd_train(args):

@@ -15,7 +15,7 @@ import numpy as np
 from . import backend
 from .losses import log_softmax
 
-__all__ = ["topk_correct", "evaluate", "predict_proba", "confusion_matrix"]
+__all__ = ["topk_correct", "evaluate", "predict_proba", "flip_posteriors", "confusion_matrix"]
 
 
 def topk_correct(logits, labels, k):
@@ -33,11 +33,26 @@ def predict_proba(model, x):
     return backend.get_array_module(x).exp(log_softmax(model.forward(x, train=False), axis=1))
 
 
-def evaluate(model, loader, progress=False, desc="evaluate", return_predictions=False):
+def flip_posteriors(model, x):
+    """Flip test-time augmentation: the mean of the softmax posteriors (N, K) of the
+    batch ``x`` (N, C, H, W) and of its horizontal mirror image, as the paper averages
+    the posteriors of an image and its flip (section 3.2)."""
+    xp = backend.get_array_module(x)
+    p = predict_proba(model, x)
+    p += predict_proba(model, xp.ascontiguousarray(x[:, :, :, ::-1]))
+    p *= p.dtype.type(0.5)
+    return p
+
+
+def evaluate(model, loader, progress=False, desc="evaluate", return_predictions=False, flip=False):
     """Top-1/top-5 accuracy and mean cross-entropy of ``model`` over ``loader``.
 
+    Each batch ``(x (B, C, H, W), y (B,))`` runs in evaluation mode. ``flip=True``
+    scores every image by the mean posterior of the image and its mirror image
+    (:func:`flip_posteriors`; twice the work); the loss is then ``-log`` of that mean.
     Returns ``{"top1": float, "top5": float, "loss": float, "n": int}`` (plus
     ``"predictions"`` and ``"labels"``, host int arrays, with ``return_predictions``).
+    Raises ValueError when the loader yields no batches.
     """
     xp = None
     c1 = c5 = loss_sum = 0
@@ -48,9 +63,14 @@ def evaluate(model, loader, progress=False, desc="evaluate", return_predictions=
         from tqdm import tqdm
         it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for x, y in it:
-        logits = model.forward(x, train=False)
-        xp = backend.get_array_module(logits)
-        logp = log_softmax(logits, axis=1)
+        if flip:
+            logits = flip_posteriors(model, x)  # posteriors rank the classes as logits do
+            xp = backend.get_array_module(logits)
+            logp = xp.log(xp.maximum(logits, logits.dtype.type(1e-30)))
+        else:
+            logits = model.forward(x, train=False)
+            xp = backend.get_array_module(logits)
+            logp = log_softmax(logits, axis=1)
         c1 = c1 + topk_correct(logits, y, 1)
         c5 = c5 + topk_correct(logits, y, 5)
         loss_sum = loss_sum - logp[xp.arange(len(y)), y].sum()

@@ -11,6 +11,15 @@ the log-sum-exp form directly:
     loss = mean_n ( log sum_j exp(z[n, j] - m[n]) - (z[n, y[n]] - m[n]) )
 
 and its gradient is (softmax(z) - onehot(y)) / N.
+
+Label smoothing (Szegedy et al. 2016, "Rethinking the Inception Architecture",
+section 7; PyTorch's ``CrossEntropyLoss(label_smoothing=eps)``) trains against the
+target q = (1 - eps) * onehot(y) + eps / K instead of onehot(y):
+
+    loss = mean_n ( -sum_k q[n, k] * log softmax(z)[n, k] )
+         = (1 - eps) * CE(z, y) + eps * mean_n ( -mean_k log softmax(z)[n, k] )
+
+and its gradient is (softmax(z) - q) / N. With eps = 0 it is the plain loss.
 """
 
 from __future__ import annotations
@@ -40,15 +49,23 @@ class SoftmaxCrossEntropy:
     """Mean cross-entropy of softmax(logits) against integer labels.
 
     ``forward(logits (N, K), labels (N,)) -> float`` and ``backward() -> dlogits (N, K)``.
-    The returned gradient is of the *mean* loss, ``(softmax - onehot) / N``.
+    The returned gradient is of the *mean* loss, ``(softmax - q) / N`` where
+    ``q = (1 - label_smoothing) * onehot + label_smoothing / K`` (see the module
+    docstring); ``label_smoothing`` must lie in [0, 1), else ValueError.
     On the GPU ``forward`` returns a 0-d device array (read it with ``float()``)
     so that a training loop reads the loss back only when it logs it.
     """
 
-    def __init__(self):
+    def __init__(self, label_smoothing=0.0):
+        eps = float(label_smoothing)
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = eps
         self._cache = None
 
     def __repr__(self):
+        if self.label_smoothing:
+            return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing})"
         return "SoftmaxCrossEntropy()"
 
     def __call__(self, logits, labels):
@@ -88,6 +105,10 @@ class SoftmaxCrossEntropy:
         logp = log_softmax(logits, axis=1)
         rows = xp.arange(n)
         loss = -logp[rows, labels].mean()
+        eps = self.label_smoothing
+        if eps:
+            # -sum_k q_k log p_k with q = (1 - eps) onehot + eps / K
+            loss = (1 - eps) * loss - eps * logp.mean(axis=1).mean()
         self._cache = (logp, labels)
         if backend.is_device_array(loss):
             return loss
@@ -99,7 +120,10 @@ class SoftmaxCrossEntropy:
         logp, labels = self._cache
         xp = backend.get_array_module(logp)
         n = logp.shape[0]
+        eps = self.label_smoothing
         grad = xp.exp(logp)  # softmax
-        grad[xp.arange(n), labels] -= 1
+        if eps:
+            grad -= logp.dtype.type(eps / logp.shape[1])
+        grad[xp.arange(n), labels] -= logp.dtype.type(1 - eps)
         grad /= logp.dtype.type(n)
         return grad

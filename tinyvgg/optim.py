@@ -25,17 +25,24 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["SGD", "Schedule", "ConstantLR", "ReduceOnPlateau", "StepLR", "CosineLR", "make_schedule"]
+__all__ = ["SGD", "Schedule", "ConstantLR", "ReduceOnPlateau", "StepLR", "CosineLR", "OneCycleLR",
+           "make_schedule"]
 
 
 class SGD:
-    """``SGD(model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False)``.
+    """``SGD(model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False, decay_bias_and_norm=True)``.
 
     ``model`` is anything with ``named_parameters()`` yielding ``(name, param, grad)``.
     ``step()`` applies one update with the gradients the last backward wrote.
+    ``decay_bias_and_norm=False`` applies weight decay only to parameters of two or
+    more dimensions (convolution and linear weights), not to biases and BatchNorm's
+    gamma/beta (1-D): shrinking those does not regularise a BatchNorm network, it
+    only fights the normalisation. True (the default) decays every parameter, as
+    the paper and ``torch.optim.SGD`` do. Raises ValueError for a non-positive lr,
+    momentum outside [0, 1), negative weight decay or Nesterov without momentum.
     """
 
-    def __init__(self, model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False):
+    def __init__(self, model, lr, momentum=0.9, weight_decay=5e-4, nesterov=False, decay_bias_and_norm=True):
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"SGD: lr must be a positive number, got {lr!r}")
         if not 0.0 <= momentum < 1.0:
@@ -49,13 +56,14 @@ class SGD:
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
+        self.decay_bias_and_norm = bool(decay_bias_and_norm)
         self.steps = 0
         self.buffers = {}  # name -> momentum buffer, created on the first step
         self._scratch = {}  # name -> array reused for g = grad + wd * w
 
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
-                f"nesterov={self.nesterov})")
+                f"nesterov={self.nesterov}, decay_bias_and_norm={self.decay_bias_and_norm})")
 
     def step(self):
         """Update every parameter in place from its gradient."""
@@ -73,7 +81,7 @@ class SGD:
             d = self._scratch.get(name)
             if d is None or d.shape != p.shape or d.dtype != p.dtype:
                 d = self._scratch[name] = xp.empty_like(p)
-            if wd:
+            if wd and (p.ndim > 1 or self.decay_bias_and_norm):
                 xp.multiply(p, dt(wd), out=d)
                 d += g
             else:
@@ -263,9 +271,55 @@ class CosineLR(Schedule):
         return self._cosine(self.epochs / self.total_epochs)
 
 
+class OneCycleLR(Schedule):
+    """One cycle over the whole run (Smith & Topin 2017, "Super-Convergence"; the
+    shape of PyTorch's ``OneCycleLR`` with a linear rise): the rate rises linearly
+    from ``base_lr / div_factor`` to ``base_lr`` over the first ``pct_start`` of the
+    ``total_steps`` optimiser steps, then falls along a cosine to
+    ``base_lr / final_div_factor`` at the last step. Per batch; the epoch's
+    validation result is not used, so the run ends on a small rate whatever the
+    number of epochs (the budget fits the schedule).
+    """
+
+    def __init__(self, optimizer, total_steps, pct_start=0.15, div_factor=25.0, final_div_factor=1e4):
+        if total_steps < 1:
+            raise ValueError(f"OneCycleLR: total_steps must be >= 1, got {total_steps}")
+        if not 0.0 <= pct_start < 1.0:
+            raise ValueError(f"OneCycleLR: pct_start must be in [0, 1), got {pct_start}")
+        if div_factor < 1 or final_div_factor < 1:
+            raise ValueError("OneCycleLR: div_factor and final_div_factor must be >= 1")
+        self.total_steps, self.pct_start = int(total_steps), float(pct_start)
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        super().__init__(optimizer)
+        self.epoch_lr = self._at(0)
+        self._apply()
+
+    def _at(self, step):
+        """The rate for optimiser step ``step`` (0-based), from ``base_lr`` alone."""
+        peak = self.base_lr
+        lo, end = peak / self.div_factor, peak / self.final_div_factor
+        rise = self.pct_start * (self.total_steps - 1)
+        if step < rise:
+            return lo + (peak - lo) * step / rise
+        fall = max(self.total_steps - 1 - rise, 1e-12)
+        t = min((step - rise) / fall, 1.0)
+        return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * t))
+
+    def batch_end(self):
+        self.epoch_lr = self._at(self.batches + 1)
+        super().batch_end()
+
+
+SCHEDULES = ("onecycle", "cosine", "plateau", "step", "constant")
+
+
 def make_schedule(name, optimizer, *, epochs, steps_per_epoch, patience=2, step_size=None,
-                  warmup_epochs=0.0):
-    """Build a schedule by name: ``plateau`` (the paper's), ``step``, ``cosine`` or ``constant``."""
+                  warmup_epochs=0.0, pct_start=0.15):
+    """Build a schedule by name: ``onecycle`` (warm-up over ``pct_start`` of the run,
+    then cosine to near zero), ``cosine``, ``plateau`` (the paper's), ``step`` or
+    ``constant``. ValueError names the choices for an unknown name."""
+    if name == "onecycle":
+        return OneCycleLR(optimizer, epochs * steps_per_epoch, pct_start=pct_start)
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if name == "plateau":
         return ReduceOnPlateau(optimizer, patience=patience, warmup_steps=warmup)
@@ -275,4 +329,4 @@ def make_schedule(name, optimizer, *, epochs, steps_per_epoch, patience=2, step_
         return CosineLR(optimizer, epochs, steps_per_epoch=steps_per_epoch, warmup_steps=warmup)
     if name == "constant":
         return ConstantLR(optimizer, warmup_steps=warmup)
-    raise ValueError(f"unknown schedule {name!r}; choose plateau, step, cosine or constant")
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
