@@ -263,3 +263,28 @@ def test_doctor_short_run_on_class_folders_is_balanced_and_healthy(tmp_path, mon
     assert len(train) == 48 and np.bincount(train.labels).tolist() == [12, 12, 12, 12]
     assert "trained on 48 images of 4 classes: a seeded sample of 48 of the 144 training " \
            "images" in doc.summary()
+
+
+# -- runs saved before stratified sampling, and resumed runs -------------------------------------
+
+def test_old_checkpoints_rebuild_their_shuffled_hold_out(tmp_path, seen_by_evaluate):
+    from tinyvgg.train import draw_train_val, resume_config
+    train = write_classes(tmp_path / "train", {"cat": 10, "dog": 10})
+    ck = save_checkpoint(tmp_path / "ck.npz", train, ["cat", "dog"], limit=12)
+    state = checkpoint.load(ck)
+    del state.meta["train_config"]["sampling"]          # as saved before the change
+    checkpoint.save(ck, state.model, None, **state.meta)
+    assert main(["evaluate", ck, "--split", "val"]) == 0
+    full = load_image_folder(train, size=32)
+    _, old = draw_train_val(full, 12, 0.25, 0, "shuffle")
+    assert seen_by_evaluate["ds"].paths == old.paths
+    assert resume_config(TrainConfig(), ck)[0].sampling == "shuffle"
+
+
+def test_resume_labels_by_the_checkpoint_classes(tmp_path):
+    from tinyvgg.train import train
+    data = write_classes(tmp_path / "data", {"cat": 4, "dog": 4})
+    ck = save_checkpoint(tmp_path / "ck.npz", data, ["cat", "dog"])
+    write_classes(data, {"fox": 4})                      # a class added after training
+    with pytest.raises(ValueError, match="'fox'"):
+        train(cfg_for(data, tmp_path), resume=ck)
