@@ -385,7 +385,9 @@ def test_train_val_split():
     tr, va = train_val_split(ds, 20, seed=3)
     assert len(tr) == 80 and len(va) == 20
     assert sorted(tr.labels.tolist() + va.labels.tolist()) == list(range(n))
-    assert va.labels.tolist() == sorted(np.random.default_rng(3).permutation(n)[80:].tolist())
+    # stratify=False: how runs saved before stratified sampling drew their split
+    _, old = train_val_split(ds, 20, seed=3, stratify=False)
+    assert old.labels.tolist() == sorted(np.random.default_rng(3).permutation(n)[80:].tolist())
     _, va2 = train_val_split(ds, 0.2, seed=3)
     np.testing.assert_array_equal(va2.labels, va.labels)
     _, va3 = train_val_split(ds, 20, seed=4)

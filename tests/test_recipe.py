@@ -47,11 +47,11 @@ def test_unknown_recipe_is_a_clear_error():
 def test_a_config_saved_before_recipes_keeps_its_recipe():
     """An old run's train_config has no label_smoothing etc.: it resumes as it trained."""
     old = TrainConfig.from_recipe("paper", batch_size=64).to_dict()
-    for key in ("label_smoothing", "decay_bias_and_norm", "tta_flip", "recipe", "pct_start"):
+    for key in ("label_smoothing", "decay_bias_and_norm", "tta_flip", "recipe", "pct_start", "sampling"):
         del old[key]
     cfg = TrainConfig.from_dict(old)
     assert cfg.label_smoothing == 0.0 and cfg.decay_bias_and_norm and not cfg.tta_flip
-    assert cfg.schedule == "plateau" and cfg.lr == 0.01 and not cfg.nesterov
+    assert cfg.schedule == "plateau" and cfg.lr == 0.01 and not cfg.nesterov and cfg.sampling == "shuffle"
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()  # a new config round-trips
 
 

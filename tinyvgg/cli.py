@@ -104,7 +104,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--scale", type=_scale, default=None,
                    help="training scale S, or S_MIN,S_MAX for scale jittering (paper section 3.1)")
     p.add_argument("--pca", action="store_true", help="AlexNet-style colour shift")
-    p.add_argument("--limit", type=int, default=None, help="use only LIMIT training images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only LIMIT images (a seeded sample that keeps the class proportions)")
     p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, choices=["cpu", "gpu"])
@@ -134,13 +135,18 @@ def build_parser():
     p.add_argument("--dataset", default=None, choices=["fashion-mnist", "cifar10", "folder"],
                    help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=None, choices=["test", "val", "train", "all"],
+                   help="which images: test = the test split (default; a class folder without "
+                   "train/test sub-folders is evaluated whole, except the folder the model was "
+                   "trained on, whose held-out validation images are used); val = the validation "
+                   "images the training run held out; train or all = every training image")
     p.add_argument("--protocol", default="single",
                    choices=["single", "multi-scale", "dense", "multi-crop", "dense+multi-crop"])
     p.add_argument("--scales", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="test scales Q, comma-separated (default: the protocol's rule)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate a seeded sample of LIMIT images that keeps the class proportions")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--plots", default=None, help="write the confusion matrix PNG into this folder")

@@ -293,6 +293,8 @@ class Doctor:
         self.diagnoses = {}       # kind -> Diagnosis
         self.warned = []          # kinds in the order they were warned about
         self.num_classes = None
+        self.data_counts = {}     # how many images of how many classes the run trained on
+        self.data_note = None     # how they were drawn (the doctor's short run)
         self.config = {}
         self.files = {}
         self._model = None
@@ -367,6 +369,12 @@ class Doctor:
     def train_begin(self, trainer):
         """Start capturing for the first step (if it is a recording step)."""
         self._attach(trainer)
+        data = getattr(trainer, "data", None) or {}
+        if "train" in data:
+            present = len(np.unique(np.asarray(data["train"].labels)))
+            self.data_counts = {"train_images": len(data["train"]), "train_classes": present,
+                                "num_classes": self.num_classes,
+                                "val_images": len(data["val"]) if "val" in data else None}
         if self._recording(trainer.global_step):
             self._install()
 
@@ -808,13 +816,11 @@ class Doctor:
         return x
 
     def _sample(self, ds):
-        """Up to ``eval_images`` indices spread over the dataset (a fixed seeded choice:
-        class folders are stored class by class, so the first images would all share
+        """Up to ``eval_images`` indices, a seeded sample that keeps the class proportions
+        (class folders are stored class by class, so the first images would all share
         one label)."""
-        n = len(ds)
-        if n <= self.eval_images:
-            return np.arange(n)
-        return np.sort(np.random.default_rng(0).choice(n, self.eval_images, replace=False))
+        from .data import stratified_sample
+        return stratified_sample(ds.labels, self.eval_images, 0)
 
     def _accuracy(self, ds, transform, forward, batch=256):
         sample = self._sample(ds)
@@ -1113,6 +1119,14 @@ class Doctor:
                          f"{'with' if c.get('batch_norm') else 'without'} BatchNorm, init {c.get('init')}, "
                          f"dropout {c.get('dropout')}, lr {c.get('lr')}, batch {c.get('batch_size')}, "
                          f"dataset {c.get('dataset')}" + (f" (limit {c.get('limit')})" if c.get('limit') else ""))
+        dc = self.data_counts
+        if dc:
+            lines.append(f"trained on {dc['train_images']} images of {dc['train_classes']} classes"
+                         + (f" (of the model's {dc['num_classes']})"
+                            if dc.get("num_classes") not in (None, dc["train_classes"]) else "")
+                         + (f": {self.data_note}" if self.data_note else "")
+                         + (f"; validated on {dc['val_images']} images"
+                            if dc.get("val_images") is not None else ""))
         if self.losses:
             vals = [l for _, l in self.losses]
             w = min(len(vals), self.th.window)
@@ -1177,7 +1191,7 @@ class Doctor:
 
     def to_dict(self):
         return {"every": self.every, "thresholds": asdict(self.th), "config": self.config,
-                "num_classes": self.num_classes,
+                "num_classes": self.num_classes, "data": dict(self.data_counts, note=self.data_note),
                 "diagnoses": [d.to_dict() for d in self.ordered()],
                 "suggested_fix": self.suggested_fix()[0], "alternative_fix": self.alternative_fix(),
                 "layers": [{"name": n, "type": _kind_of(l)} for n, l in self._tracked],
@@ -1321,12 +1335,20 @@ def run_doctor(cfg, steps=None, every=None, data=None, thresholds=None, verbose=
 
     data = dict(data) if data is not None else prepare_data(cfg)
     spe = -(-len(data["train"]) // cfg.batch_size)
+    doctor_note = None
     if steps is not None:
         steps = int(steps)
         if steps < 1:
             raise ValueError(f"doctor: --steps must be positive, got {steps}")
         if steps < spe:
-            data["train"] = data["train"].subset(np.arange(min(len(data["train"]), steps * cfg.batch_size)))
+            # A seeded, class-balanced sample: class folders are stored class by class,
+            # so the first images would hold only the first classes.
+            from .data import stratified_sample
+            full = data["train"]
+            data["train"] = full.subset(stratified_sample(full.labels, steps * cfg.batch_size,
+                                                          cfg.seed))
+            doctor_note = (f"a seeded sample of {len(data['train'])} of the {len(full)} training "
+                           f"images, class proportions kept")
             epochs = 1
         else:
             epochs = -(-steps // spe)
@@ -1343,6 +1365,7 @@ def run_doctor(cfg, steps=None, every=None, data=None, thresholds=None, verbose=
                      window=min(th.window, max(5, total // 5)))
     doctor = Doctor(every=every, thresholds=th, verbose=verbose, write_files=write_files,
                     eval_images=eval_images)
+    doctor.data_note = doctor_note
     trainer = Trainer(cfg, hooks=[doctor], data=data).setup()
     try:
         trainer.run()

@@ -639,25 +639,49 @@ def evaluate_protocol(models, dataset, protocol, scales=None, batch_size=64, pro
 # ----------------------------------------------------------------------------------
 
 def _seeded_subset(ds, limit, seed=0):
+    """``ds``, or a stratified seeded sample of ``limit`` of its images, and a phrase
+    saying which (for the report)."""
     if limit is None or limit >= len(ds):
-        return ds
-    keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:int(limit)])
-    return ds.subset(keep)
+        return ds, ""
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    from .data import stratified_sample
+    keep = stratified_sample(ds.labels, int(limit), seed)
+    return ds.subset(keep), (f"; --limit {limit}: a seeded sample of {len(keep)} of its "
+                             f"{len(ds)} images, class proportions kept")
+
+
+def _folder_root(data_dir, split=None):
+    """The folder ``load_dataset("folder", data_dir, split)`` reads, and whether
+    ``data_dir`` has split sub-folders (train, val, test)."""
+    from pathlib import Path
+    root = Path(data_dir).expanduser()
+    layout = any((root / s).is_dir() for s in ("train", "val", "test"))
+    sub = root / str(split)
+    if split is not None and sub.is_dir() and any(p.is_dir() for p in sub.iterdir()):
+        return sub, layout
+    return root, layout
 
 
 def load_eval_dataset(name, data_dir, split, models, train_config=None):
     """The dataset to evaluate on, loaded as the training run loaded it.
 
-    split : "train", "test", "val" or "all". "val" is the validation set held out by
-        the training run (``train_config``'s limit, val_size and seed, as
-        :func:`tinyvgg.train.prepare_data` draws it). "test" for a class-folder dataset
-        without a test folder falls back to "val", as training does. "all" is every
-        image of the training split / folder.
+    split : None (the default), "test", "val", "train" or "all".
+        "val" is the validation set held out by the training run (``train_config``'s
+        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.train.draw_train_val`
+        as training drew it) from the training split of ``data_dir``. "train" and
+        "all" are every image of the training split / folder; "test" is the test split.
+        A class folder without train/val/test sub-folders is evaluated whole for
+        None and "test", except the very folder the model was trained on, which has
+        no test images: then its held-out validation images are used, as training did.
+        None is "test" otherwise.
     Class folders are loaded with the training input size (rescale + centre crop at load
     time) when every model was trained without ``scale``, as training did; otherwise at
-    their native sizes. Returns ``(dataset, split_used)``.
+    their native sizes. Returns ``(dataset, split_used, description)``: the description
+    names the images used (folder, split, how they were drawn).
     """
-    from .data import load_dataset, train_val_split
+    from .data import load_dataset
+    from .train import draw_train_val
 
     tc = dict(train_config or {})
     name = str(name)
@@ -670,28 +694,43 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     def load(sp):
         return load_dataset(name, data_dir, split=sp, size=size)
 
-    def held_out():
-        full = load("train")
+    where = name if name != "folder" else str(data_dir)
+
+    def held_out(why=""):
         limit, seed = tc.get("limit"), int(tc.get("seed", 0))
-        if limit is not None:
-            full = full.subset(np.sort(np.random.default_rng(seed).permutation(len(full))[:limit]))
         vs = tc.get("val_size", 0.1)
         vs = vs if vs < 1 else int(vs)
-        return train_val_split(full, vs, seed=seed)[1]
+        # Checkpoints saved before stratified sampling drew their split by a shuffle.
+        sampling = tc.get("sampling", "shuffle")
+        val = draw_train_val(load("train"), limit, vs, seed, sampling)[1]
+        return val, "val", (f"the {len(val)} validation images the training run held out of "
+                            f"{where} (training split; val_size {vs:g}, seed {seed}"
+                            f"{f', limit {limit}' if limit is not None else ''}){why}")
 
     if split in ("val", "validation"):
-        return held_out(), "val"
-    if split == "all":
-        return load("train"), "all"
-    if split == "test" and name == "folder":
-        from pathlib import Path
-        if data_dir is None:
-            raise ValueError("the folder dataset needs --data-dir, the root of the class folders")
-        root = Path(data_dir).expanduser()
-        test_dir = root / "test"
-        if not (test_dir.is_dir() and any(p.is_dir() for p in test_dir.iterdir())):
-            return held_out(), "val (the folder has no test split)"
-    return load(split), split
+        return held_out()
+    if split not in (None, "test", "train", "all"):
+        raise ValueError(f"--split must be test, val, train or all, got {split!r}")
+    if name != "folder":
+        sp = "train" if split in ("train", "all") else "test"
+        return load(sp), sp, f"the {sp} split of {name}"
+    if data_dir is None:
+        raise ValueError("the folder dataset needs --data-dir, the root of the class folders")
+    if split in ("train", "all"):
+        root, _ = _folder_root(data_dir, "train")
+        return load("train"), split, f"every image of {root}"
+    root, layout = _folder_root(data_dir, "test")
+    if layout:
+        return load("test"), "test", f"the test split {root}"
+    trained_on = tc.get("data_dir") if tc.get("dataset") == "folder" else None
+    if trained_on is not None and \
+            os.path.realpath(_folder_root(trained_on, "train")[0]) == os.path.realpath(root):
+        # The training folder itself: its images were trained on, except the held-out ones.
+        return held_out(" -- the model was trained on this folder, which has no test split; "
+                        "give --split all to score every image")
+    return load("test"), "all", (f"every image of {root} (a folder without train/test "
+                                 f"sub-folders is evaluated whole; --split val for the "
+                                 f"training run's held-out part)")
 
 
 def _print_result(res, dataset_desc, out=None):
@@ -699,13 +738,27 @@ def _print_result(res, dataset_desc, out=None):
     scales = res["scales"]
     print(f"checkpoints: {', '.join(res['checkpoints'])}"
           f"{' (ensemble: posteriors averaged)' if len(res['checkpoints']) > 1 else ''}", file=out)
-    print(f"dataset:     {dataset_desc}, {res['n']} images", file=out)
+    print(f"dataset:     {dataset_desc}", file=out)
+    print(f"evaluated:   {res['n']} images", file=out)
     print(f"protocol:    {res['protocol']}, test scales Q = {scales}", file=out)
     print(f"top-1 error: {100 * res['top1_error']:6.2f} %   (accuracy {100 * res['top1']:.2f} %)",
           file=out)
     print(f"top-5 error: {100 * res['top5_error']:6.2f} %   (accuracy {100 * res['top5']:.2f} %)",
           file=out)
     print(f"time:        {res['time_s']:.1f} s", file=out)
+
+
+def _model_classes(cks, paths):
+    """The class names the checkpoints were trained on (None when they do not say);
+    ValueError when the models of an ensemble know different classes."""
+    named = [(p, list(ck.meta.get("classes") or [])) for ck, p in zip(cks, paths)
+             if (ck.meta or {}).get("classes")]
+    for p, c in named[1:]:
+        if c != named[0][1]:
+            raise ValueError(f"{p} was trained on other classes than {named[0][0]} "
+                             f"({c[:3]}... vs {named[0][1][:3]}...); an ensemble needs the same "
+                             f"classes in the same order")
+    return named[0][1] if named else None
 
 
 def run_evaluate_command(args):
@@ -726,12 +779,14 @@ def run_evaluate_command(args):
     data_dir = args.data_dir
     if data_dir is None and name == tc.get("dataset"):
         data_dir = tc.get("data_dir")
-    ds, split = load_eval_dataset(name, data_dir, args.split, ems, tc)
-    ds = _seeded_subset(ds, getattr(args, "limit", None))
-    classes = (cks[0].meta or {}).get("classes")
-    if classes and list(classes) != list(ds.classes) and len(classes) == len(ds.classes):
-        print(f"warning: the checkpoint's classes {classes[:3]}... differ from the dataset's "
-              f"{ds.classes[:3]}...; labels are compared by index", file=sys.stderr)
+    classes = _model_classes(cks, args.checkpoints)
+    ds, split, desc = load_eval_dataset(name, data_dir, args.split, ems, tc)
+    if classes is not None:
+        # Labels by class name: a folder lacking a class keeps the others' labels right.
+        from .data import align_classes
+        ds = align_classes(ds, classes, where=desc)
+    ds, sampled = _seeded_subset(ds, getattr(args, "limit", None))
+    desc += sampled
     progress = (not args.json) and sys.stderr.isatty()
     res = evaluate_protocol(ems, ds, args.protocol, scales=args.scales,
                             batch_size=args.batch_size, progress=progress,
@@ -741,6 +796,7 @@ def run_evaluate_command(args):
     report["checkpoints"] = [str(p) for p in args.checkpoints]
     report["dataset"] = name
     report["split"] = split
+    report["images"] = desc
     if args.plots:
         from .evaluate import confusion_matrix
         from .plots import plot_confusion_matrix
@@ -752,7 +808,7 @@ def run_evaluate_command(args):
         print(json.dumps(report, indent=2))
     else:
         res["checkpoints"] = report["checkpoints"]
-        _print_result(res, f"{name} ({split} split)")
+        _print_result(res, f"{name}: {desc}")
         if args.plots:
             print(f"confusion matrix: {report['confusion_matrix']}")
     return 0

@@ -37,7 +37,8 @@ from .evaluate import evaluate, topk_correct
 from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
 
-__all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data", "resume_config"]
+__all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data",
+           "resume_config", "draw_train_val"]
 
 
 # The paper's recipe (section 3.1): batch 256, momentum 0.9, weight decay 5e-4 on every
@@ -47,8 +48,10 @@ PAPER_RECIPE = dict(batch_size=256, lr=0.01, momentum=0.9, nesterov=False, weigh
                     decay_bias_and_norm=True, dropout=0.5, schedule="plateau", warmup_epochs=0.0,
                     label_smoothing=0.0, tta_flip=False)
 RECIPES = {"default": {}, "paper": PAPER_RECIPE}
-# What a config saved before these settings existed trained with.
-_BEFORE_RECIPES = dict(decay_bias_and_norm=True, label_smoothing=0.0, tta_flip=False, recipe="none")
+# What a config saved before these settings existed trained with (its recipe, and
+# the seeded shuffle that drew its --limit and validation images).
+_SAVED_BEFORE = dict(decay_bias_and_norm=True, label_smoothing=0.0, tta_flip=False, recipe="none",
+                     sampling="shuffle")
 
 
 @dataclass
@@ -93,7 +96,7 @@ class TrainConfig:
     crop_padding: int = 4
     scale: tuple | None = None         # S or (S_min, S_max): isotropic rescale before the crop
     pca: bool = False
-    limit: int | None = None           # use only the first LIMIT training images (tests, quick runs)
+    limit: int | None = None           # use only LIMIT training images, a stratified sample (quick runs)
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
@@ -103,6 +106,10 @@ class TrainConfig:
     doctor: bool = False
     doctor_every: int = 50
     dtype: str = "float32"
+    # How --limit and the validation hold-out are drawn: "stratified" (seeded, class
+    # proportions kept); "shuffle" is how runs saved before it drew them (a resumed or
+    # evaluated old run rebuilds the same split).
+    sampling: str = "stratified"
 
     def __post_init__(self):
         if self.lr is None:
@@ -126,13 +133,13 @@ class TrainConfig:
     def from_dict(cls, d):
         """The config saved by :meth:`to_dict` (a run's ``config.json`` or a checkpoint's
         ``train_config``). Settings that older runs did not save take the values those
-        runs trained with (no label smoothing, weight decay on every parameter), so a
-        resumed old run continues with its own recipe. ValueError for unknown names."""
+        runs trained with (no label smoothing, weight decay on every parameter, the
+        shuffled hold-out), so a resumed old run continues with its own recipe and data. ValueError for unknown names."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"TrainConfig: unknown settings {sorted(unknown)}")
-        return cls(**{**_BEFORE_RECIPES, **d})
+        return cls(**{**_SAVED_BEFORE, **d})
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,16 +165,102 @@ def _native_size(ds):
     return max(im.shape[0], im.shape[1])
 
 
-def prepare_data(cfg):
+def _check_options(cfg):
+    """The settings that make no sense whatever the data: ValueError naming the option."""
+    def whole(v):
+        return not isinstance(v, bool) and float(v) == int(v)
+
+    for opt, v, lo in (("--batch-size", cfg.batch_size, 1), ("--eval-batch-size", cfg.eval_batch_size, 1),
+                       ("--crop-padding", cfg.crop_padding, 0)):
+        if not whole(v) or v < lo:
+            raise ValueError(f"{opt} must be a whole number of at least {lo}, got {v!r}")
+    if cfg.batch_norm and cfg.batch_size < 2:
+        raise ValueError(f"--batch-size {cfg.batch_size} with --batch-norm: BatchNorm needs batches "
+                         f"of at least 2 images; use --batch-size 2 or more, or --no-batch-norm")
+    if cfg.limit is not None and (not whole(cfg.limit) or cfg.limit < 1):
+        raise ValueError(f"--limit must be a positive number of images, got {cfg.limit!r}")
+    vs = cfg.val_size
+    if vs <= 0 or (vs >= 1 and not whole(vs)):
+        raise ValueError(f"--val-size must be a fraction in (0, 1) or a whole number of images "
+                         f"(at least 1), got {vs!r}: training needs a validation set")
+    if cfg.input_size is not None and (not whole(cfg.input_size) or cfg.input_size < 32
+                                       or cfg.input_size % 32):
+        raise ValueError(f"--input-size must be a multiple of 32 and at least 32 (VGG's five "
+                         f"2x2 max-pools halve it five times), got {cfg.input_size!r}")
+    if cfg.scale is not None:
+        lo, hi = _scale_range(cfg.scale)
+        if lo < 1 or lo > hi:
+            raise ValueError(f"--scale must be S or S_MIN,S_MAX with 1 <= S_MIN <= S_MAX, "
+                             f"got {cfg.scale!r}")
+    if cfg.sampling not in ("stratified", "shuffle"):
+        raise ValueError(f"sampling must be 'stratified' or 'shuffle', got {cfg.sampling!r}")
+
+
+def _scale_range(scale):
+    if isinstance(scale, (list, tuple)):
+        if len(scale) not in (1, 2):
+            raise ValueError(f"--scale must be S or S_MIN,S_MAX, got {scale!r}")
+        return int(scale[0]), int(scale[-1])
+    return int(scale), int(scale)
+
+
+def draw_train_val(full, limit=None, val_size=0.1, seed=0, sampling="stratified", batch_norm=False):
+    """``(train, val)``: the training run's images, drawn from ``full`` exactly as
+    :func:`prepare_data` draws them (``evaluate --split val`` rebuilds them so).
+
+    limit : None, or keep a seeded sample of that many images first.
+    val_size : fraction in (0, 1) (rounded to whole images) or number of images.
+    sampling : "stratified" (:func:`tinyvgg.data.stratified_sample`) or "shuffle"
+        (the seeded permutation of runs saved before stratified sampling).
+    Raises ValueError naming --val-size / --limit with the numbers when either part
+    would be empty (or, with ``batch_norm``, hold a single image).
+    """
+    from .data import stratified_sample, train_val_split
+
+    stratified = sampling != "shuffle"
+    n_all = len(full)
+    if limit is not None and limit < n_all:
+        if stratified:
+            keep = stratified_sample(full.labels, int(limit), seed)
+        else:
+            keep = np.sort(np.random.default_rng(seed).permutation(n_all)[:int(limit)])
+        full = full.subset(keep)
+    n = len(full)
+    what = f"the {n} images" + (f" (--limit {limit} of {n_all})" if limit is not None else "")
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if n_val < 1:
+        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}: the validation set "
+                         f"would be empty; give a number of images (--val-size 1 or more) or a "
+                         f"larger fraction")
+    need = 2 if batch_norm else 1
+    if n - n_val < need:
+        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}, leaving "
+                         f"{n - n_val} for training; training needs at least {need}"
+                         f"{' (BatchNorm needs batches of 2)' if batch_norm else ''}: use a smaller "
+                         f"--val-size{' or a larger --limit' if limit is not None else ''}, or more images")
+    return train_val_split(full, n_val, seed=seed, stratify=stratified)
+
+
+def prepare_data(cfg, classes=None):
     """Load the training, validation and test sets and build their transforms.
+
+    ``classes``: the class names the labels must use (a resumed run's checkpoint);
+    default: the training data's. Every split is labelled by class *name*, so a test
+    folder lacking a class keeps the others' labels; a class the model does not know
+    is an error (:class:`tinyvgg.data.UnknownClassError`).
+
+    Every setting is checked against the data before anything is trained: ValueError
+    naming the option (--val-size, --limit, --batch-size, --input-size, --scale, ...)
+    and the numbers.
 
     Returns a dict with ``train``, ``val``, ``test`` (Datasets), ``train_transform``,
     ``eval_transform``, ``mean``, ``std``, ``classes``, ``input_size`` and
     ``test_split`` (which split the final test accuracy is computed on).
     """
-    from .data import (EvalTransform, TrainTransform, compute_mean_std, compute_pca, load_dataset,
-                       train_val_split)
+    from .data import EvalTransform, TrainTransform, align_classes, compute_mean_std, compute_pca, \
+        load_dataset
 
+    _check_options(cfg)
     name = cfg.dataset
     if name == "folder" and cfg.data_dir is None:
         raise ValueError("--dataset folder needs --data-dir, the root of the class folders")
@@ -185,18 +278,24 @@ def prepare_data(cfg):
                          f"(rescale and centre-crop at load time) or --scale S")
     if name == "folder" and test is not None and _same_dataset(full, test):
         test = None  # no test folder: load_dataset returned the training folder again
+    if classes is not None:
+        full = align_classes(full, classes, where=f"{cfg.data_dir or name} (training split)")
+    if test is not None:
+        # By class name: a test folder without some class keeps the others' labels.
+        test = align_classes(test, full.classes, where=f"{cfg.data_dir or name} (test split)")
     val_size = cfg.val_size if cfg.val_size < 1 else int(cfg.val_size)
-    if cfg.limit is not None:
-        # Take the limit from a seeded shuffle, so a small run still sees every class.
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(full))[:cfg.limit])
-        full = full.subset(keep)
-    train_ds, val_ds = train_val_split(full, val_size, seed=cfg.seed)
+    train_ds, val_ds = draw_train_val(full, cfg.limit, val_size, cfg.seed, cfg.sampling,
+                                      cfg.batch_norm)
     if test is None:
         test, test_split = val_ds, "validation (the dataset has no test split)"
     mean, std = compute_mean_std(train_ds)
     size = cfg.input_size or int(math.ceil(_native_size(train_ds) / 32) * 32)
     pca = compute_pca(train_ds) if cfg.pca else None
     scale = tuple(cfg.scale) if isinstance(cfg.scale, (list, tuple)) else cfg.scale
+    if scale is not None and _scale_range(scale)[0] < size:
+        raise ValueError(f"--scale {cfg.scale} is smaller than the {size} x {size} crop "
+                         f"(--input-size{'' if cfg.input_size else ', from the image size'}): "
+                         f"give --scale of at least {size}, or a smaller --input-size")
     train_tf = TrainTransform(size, mean, std, padding=cfg.crop_padding if scale is None else 0,
                               scale=scale, flip=cfg.flip, pca=pca)
     eval_tf = EvalTransform(size, mean, std, scale=scale)
@@ -254,8 +353,18 @@ class Trainer:
         cfg = self.cfg
         backend.use(cfg.device)
         backend.seed(cfg.seed)
-        self.data = self._data or prepare_data(cfg)
+        if self._data is not None:
+            _check_options(cfg)
+            self.data = self._data
+        else:
+            # A resumed run's labels follow its checkpoint's classes, by name.
+            classes = resume_state.meta.get("classes") if resume_state is not None else None
+            self.data = prepare_data(cfg, classes=classes)
         d = self.data
+        for part, fix in (("train", "--limit / --val-size"), ("val", "--val-size"),
+                          ("test", "the test folder")):
+            if len(d[part]) == 0:
+                raise ValueError(f"the {part} set is empty; check {fix}")
         self.num_classes = len(d["classes"])
         hidden = cfg.hidden or max(16, int(round(4096 * cfg.width)))
         if resume_state is not None:

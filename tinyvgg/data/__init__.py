@@ -14,6 +14,8 @@ from .datasets import (
     FASHION_MNIST_CLASSES,
     Dataset,
     DatasetNotFoundError,
+    UnknownClassError,
+    align_classes,
     clear_cache,
     find_dataset_dir,
     load_cifar10,
@@ -23,6 +25,7 @@ from .datasets import (
     train_val_split,
 )
 from .loader import DataLoader
+from .sampling import stratified_sample
 from .transforms import (
     EvalTransform,
     TrainTransform,
@@ -40,6 +43,7 @@ from .transforms import (
 __all__ = [
     "Dataset", "DatasetNotFoundError", "find_dataset_dir", "load_fashion_mnist",
     "load_cifar10", "load_image_folder", "train_val_split", "load_dataset", "clear_cache",
+    "align_classes", "UnknownClassError", "stratified_sample",
     "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES",
     "compute_mean_std", "compute_pca", "rescale", "to_float_nchw", "center_pad",
     "random_crop", "random_flip", "pca_color_shift", "center_crop",

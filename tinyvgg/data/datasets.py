@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_open
+from .sampling import stratified_sample
 
 __all__ = [
     "Dataset",
@@ -58,6 +59,8 @@ __all__ = [
     "load_cifar10",
     "load_image_folder",
     "train_val_split",
+    "align_classes",
+    "UnknownClassError",
     "load_dataset",
     "clear_cache",
     "FASHION_MNIST_CLASSES",
@@ -543,21 +546,25 @@ def _scan_folder(root, limit_per_class):
         classes = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: no class folders (expected {root}/<class>/<image>.jpg|jpeg|png)")
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for k, c in enumerate(classes):
         with os.scandir(root / c) as it:
             names = sorted(e.name for e in it
                            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
                            and not e.name.startswith(".") and e.is_file())
+        if not names:
+            empty.append(c)
         if limit_per_class is not None:
             names = names[:limit_per_class]
         prefix = os.path.join(str(root), c, "")
         files += [prefix + n for n in names]
         labels += [k] * len(names)
-    if not files:
-        raise ValueError(f"{root}: the class folders ({', '.join(classes[:5])}"
-                         f"{', ...' if len(classes) > 5 else ''}) "
-                         f"hold no .jpg, .jpeg or .png files")
+    if empty:
+        # An empty class would still be a class (an output the model never sees).
+        raise ValueError(f"{root}: {len(empty)} of the {len(classes)} class folders hold no "
+                         f".jpg, .jpeg or .png files: {', '.join(empty[:5])}"
+                         f"{', ...' if len(empty) > 5 else ''}; add their images or remove "
+                         f"those folders")
     return classes, files, labels
 
 
@@ -770,6 +777,12 @@ def _decode_folder(root, size, on_error, limit_per_class, progress, workers):
     if not images:
         raise ValueError(f"{root}: none of the {len(files)} image files could be read; "
                          f"first error: {skipped[0][0]}: {skipped[0][1]}")
+    unreadable = sorted(set(range(len(classes))) - set(keep_labels))
+    if unreadable:
+        names = ", ".join(classes[k] for k in unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        path, err = next(s for s in skipped if Path(s[0]).parent.name == classes[unreadable[0]])
+        raise ValueError(f"{root}: no image of class folder(s) {names} could be read (first "
+                         f"error: {path}: {err}); replace those files or remove the folder(s)")
     if len({im.shape for im in images}) == 1:
         images = np.stack(images)
     return Dataset(images, np.asarray(keep_labels, np.int64), classes, root.name,
@@ -780,12 +793,17 @@ def _decode_folder(root, size, on_error, limit_per_class, progress, workers):
 # Splits and dispatch
 # --------------------------------------------------------------------------
 
-def train_val_split(dataset, val_size, seed=0):
-    """Split by a seeded permutation: the last ``val_size`` images (int) or the
-    last fraction ``val_size`` (float in (0, 1)) of the shuffled order are the
-    validation set. Each part keeps the original order of its images.
+def train_val_split(dataset, val_size, seed=0, stratify=True):
+    """Hold out ``val_size`` images (int) or the fraction ``val_size`` (float in
+    (0, 1), rounded) as the validation set; each part keeps the original order of
+    its images.
 
-    Returns ``(train, val)`` Datasets.
+    stratify : True: the validation set is :func:`~tinyvgg.data.sampling.stratified_sample`
+        (seeded, the class proportions kept). False: the last images of a seeded
+        permutation (how runs made before stratified sampling drew it).
+
+    Returns ``(train, val)`` Datasets. ValueError when ``val_size`` is not a valid
+    count or fraction for this dataset.
     """
     n = len(dataset)
     if isinstance(val_size, bool):
@@ -801,9 +819,42 @@ def train_val_split(dataset, val_size, seed=0):
     if not 0 <= n_val < n:
         raise ValueError(f"val_size {val_size!r} gives {n_val} validation images out of {n}; "
                          f"need 0 <= val_size < {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    train_idx, val_idx = np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
+    if stratify:
+        val_idx = stratified_sample(dataset.labels, n_val, seed)
+        train_idx = np.setdiff1d(np.arange(n), val_idx)
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        train_idx, val_idx = np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
     return dataset.subset(train_idx), dataset.subset(val_idx)
+
+
+class UnknownClassError(ValueError):
+    """An evaluation set holds a class the model was not trained on."""
+
+
+def align_classes(dataset, classes, where=None):
+    """``dataset`` relabelled by class *name* to ``classes`` (a model's K classes).
+
+    Label k of the result means ``classes[k]``; ``result.classes`` is ``classes``,
+    so a class the dataset lacks simply has no images (a zero row in a confusion
+    matrix). Raises :class:`UnknownClassError` (a ValueError) naming the classes of
+    ``dataset`` that are not in ``classes``; ``where`` (the folder, or a
+    description) is named in the message.
+    """
+    classes = [str(c) for c in classes]
+    if list(dataset.classes) == classes:
+        return dataset
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = [c for c in dataset.classes if c not in index]
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise UnknownClassError(
+            f"{where or dataset.name}: class folder(s) {shown} are not among the model's "
+            f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); "
+            f"remove them from the evaluation data, or evaluate a model trained on them")
+    mapping = np.array([index[c] for c in dataset.classes], np.int64)
+    return Dataset(dataset.images, mapping[dataset.labels], classes, dataset.name,
+                   paths=dataset.paths, skipped=dataset.skipped)
 
 
 def _resize_stacked(ds, size):
