@@ -175,9 +175,10 @@ def cmd_evaluate(args):
 
 def cmd_predict(args):
     from . import backend, checkpoint
+    from .data.imageio import decode_image
     from .data.transforms import EvalTransform
     from .evaluate import predict_proba
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     ck = checkpoint.load(args.checkpoint)
     meta = ck.meta
@@ -190,14 +191,11 @@ def cmd_predict(args):
     tf = EvalTransform(size, mean, std, scale=meta.get("resize", size) if channels == 3 else None)
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if channels == 3 else "L")
-                arr = np.asarray(im, dtype=np.uint8)
+            arr = decode_image(path, "RGB" if channels == 3 else "L")
         except (OSError, UnidentifiedImageError) as e:
             print(f"{path}: cannot read the image ({e})", file=sys.stderr)
             return 2
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        if channels == 1:
             if max(arr.shape[:2]) > size:
                 from .data.transforms import rescale
                 arr = rescale(arr, size)
