@@ -608,6 +608,7 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print, checkpoint=None):
     its weights, and then the top-1/top-5 error of each method on the photos."""
     from PIL import Image
 
+    from tinyvgg.data.imageio import decode_image
     from tinyvgg.models import count_params, vgg
 
     folder = Path(folder)
@@ -622,7 +623,7 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print, checkpoint=None):
     for p in files:
         with Image.open(p) as im:
             modes[p] = im.mode
-    gray = [p for p in files if modes[p] in ("L", "LA", "1", "I", "I;16")]
+    gray = [p for p in files if modes[p] in ("L", "LA", "1", "I", "F") or modes[p].startswith("I;16")]
     chosen = [p for p in files if p not in gray][:max(0, n_images - len(gray[:1]))] + gray[:1]
     t0 = time.perf_counter()
     if checkpoint is None:
@@ -647,12 +648,8 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print, checkpoint=None):
     labels = imagenet_labels(folder) if checkpoint is not None else None
     rows = []
     for p in chosen:
-        with Image.open(p) as im:
-            mode = im.mode
-            im = im.convert("L" if p in gray else "RGB")
-            arr = np.array(im, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        mode = modes[p]
+        arr = decode_image(p, "L" if p in gray else "RGB")  # (H, W, 1) or (H, W, 3) uint8
         row = {"file": f"{p.parent.name}/{p.name}", "mode": mode, "shape": list(arr.shape)}
         t = time.perf_counter()
         single = ep.single_scale_posteriors(em, [arr], Q=256)

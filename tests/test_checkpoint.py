@@ -25,6 +25,34 @@ def trained_small(name="vgg11_bn", dtype=np.float32):
     return m
 
 
+def torch_twin(m):
+    """The PyTorch network of tinyvgg VGG ``m`` (fresh weights), built from torch.nn classes
+    only (so a whole saved module unpickles anywhere): torchvision's VGG layout
+    ``features.<i>``, ``classifier.<i>`` with a Flatten between. Needs torch."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from tinyvgg.layers import BatchNorm2d, Conv2d, Dropout, Linear, LocalResponseNorm, MaxPool2d, ReLU
+
+    def mirror(layer):
+        if isinstance(layer, Conv2d):
+            return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding)
+        if isinstance(layer, BatchNorm2d):
+            return nn.BatchNorm2d(layer.num_features)
+        if isinstance(layer, LocalResponseNorm):
+            return nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+        if isinstance(layer, MaxPool2d):
+            return nn.MaxPool2d(2, 2)
+        if isinstance(layer, Linear):
+            return nn.Linear(layer.in_features, layer.out_features)
+        return {ReLU: nn.ReLU, Dropout: nn.Dropout}[type(layer)]()
+
+    return nn.Sequential(OrderedDict([("features", nn.Sequential(*map(mirror, m.features))),
+                                      ("flatten", nn.Flatten(1)),
+                                      ("classifier", nn.Sequential(*map(mirror, m.classifier)))]))
+
+
 class FakeOptimizer:
     """Stands in for the optimizer (written elsewhere): only state_dict() matters."""
 
@@ -299,35 +327,9 @@ def test_torch_round_trip(tmp_path):  # pragma: no cover - needs torch
 def test_state_dict_loads_into_equivalent_torch_modules(name):  # pragma: no cover - needs torch
     """Our keys are nn.Sequential's indices and our forward is PyTorch's (float64, eval)."""
     import torch
-    from torch import nn
-
-    from tinyvgg.layers import BatchNorm2d, Conv2d, Dropout, Linear, LocalResponseNorm, MaxPool2d, ReLU
 
     m = trained_small(name, dtype=np.float64)
-
-    def mirror(layer):
-        if isinstance(layer, Conv2d):
-            return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding)
-        if isinstance(layer, BatchNorm2d):
-            return nn.BatchNorm2d(layer.num_features)
-        if isinstance(layer, LocalResponseNorm):
-            return nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
-        if isinstance(layer, MaxPool2d):
-            return nn.MaxPool2d(2, 2)
-        if isinstance(layer, Linear):
-            return nn.Linear(layer.in_features, layer.out_features)
-        return {ReLU: nn.ReLU, Dropout: nn.Dropout}[type(layer)]()
-
-    class TorchVGG(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(*map(mirror, m.features))
-            self.classifier = nn.Sequential(*map(mirror, m.classifier))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.features(x), 1))
-
-    t = TorchVGG().double().eval()
+    t = torch_twin(m).double().eval()
     t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in m.state_dict().items()}, strict=True)
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32))
     with torch.no_grad():

@@ -36,7 +36,7 @@ import numpy as np
 from . import backend
 from .fileio import atomic_open
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_header", "FORMAT", "VERSION"]
 
 FORMAT = "tinyvgg-checkpoint"
 VERSION = 1
@@ -66,6 +66,21 @@ class Checkpoint:
     version: int
     path: str
     state_dict: dict = field(default_factory=dict, repr=False)
+
+    def warn_if_not_normalized(self, out=None):
+        """Print a one-line warning to ``out`` (default stderr) when ``meta`` has no input
+        ``mean``/``std``, so the network gets raw 0-255 pixels; the trainer and ``convert``
+        record them. Returns True when it warned."""
+        import sys
+
+        if self.meta.get("mean") is not None and self.meta.get("std") is not None:
+            return False
+        print(f"warning: {self.path} carries no input normalisation (no mean/std in its metadata), "
+              f"so images go in as raw 0-255 values; if the network was trained on normalised "
+              f"inputs (every torchvision model was), its outputs are wrong: convert the .pth again "
+              f"with 'python -m tinyvgg convert SRC.pth DST.npz' (ImageNet statistics by default, "
+              f"or --mean/--std)", file=out or sys.stderr)
+        return True
 
 
 # -- optimizer state <-> (JSON structure, arrays) ---------------------------------
@@ -160,8 +175,9 @@ def save(path, model, optimizer=None, **meta):
     return path
 
 
-def _read(path):
-    """Read every member of the npz into memory: (header dict, {name: array})."""
+def _read(path, arrays=True):
+    """Read every member of the npz into memory: (header dict, {name: array});
+    ``arrays=False``: the header only (the dict is empty)."""
     try:
         npz = np.load(path, allow_pickle=False)
         if not hasattr(npz, "files"):  # a single .npy array, not an archive
@@ -179,7 +195,7 @@ def _read(path):
             if _HEADER not in names:
                 raise CheckpointError(f"{path}: the checkpoint has no {_HEADER!r} member")
             header_json = str(npz[_HEADER][()])
-            data = {k: npz[k] for k in names if k not in (_MARKER, _HEADER)}
+            data = {k: npz[k] for k in names if k not in (_MARKER, _HEADER)} if arrays else {}
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -196,6 +212,37 @@ def _read(path):
     return header, data
 
 
+def _read_checked(path, arrays):
+    """:func:`_read` with the checks every reader needs: the file exists, its header
+    describes a checkpoint of a version this tinyvgg reads, with a config and weight list."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, f"checkpoint file not found: {path}", path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    header, data = _read(path, arrays)
+    version = header.get("version")
+    if header.get("format") != FORMAT or not isinstance(version, int):
+        raise CheckpointError(f"{path}: the header does not describe a {FORMAT} "
+                              f"(format={header.get('format')!r}, version={version!r})")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this "
+                              f"tinyvgg reads (up to {VERSION}); upgrade tinyvgg")
+    if not isinstance(header.get("config"), dict) or not isinstance(header.get("weights"), list):
+        raise CheckpointError(f"{path}: the header lacks the model config or the weight list")
+    return header, data
+
+
+def load_header(path):
+    """The header of the checkpoint ``path`` without reading its arrays (fast for a
+    500 MB VGG-16): a dict with ``config`` (the :func:`tinyvgg.models.vgg` arguments),
+    ``meta`` (a dict, {} when none was saved), ``weights``, ``version``, ``optimizer``.
+    Raises what :func:`load` raises for a missing, foreign or damaged file."""
+    path = os.fspath(path)
+    header, _ = _read_checked(path, arrays=False)
+    header["meta"] = header.get("meta") or {}
+    return header
+
+
 def load(path):
     """Read a checkpoint written by :func:`save`; returns a :class:`Checkpoint`.
 
@@ -208,21 +255,8 @@ def load(path):
     from .models import vgg
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, f"checkpoint file not found: {path}", path)
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    header, data = _read(path)
-    version = header.get("version")
-    if header.get("format") != FORMAT or not isinstance(version, int):
-        raise CheckpointError(f"{path}: the header does not describe a {FORMAT} "
-                              f"(format={header.get('format')!r}, version={version!r})")
-    if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this "
-                              f"tinyvgg reads (up to {VERSION}); upgrade tinyvgg")
-    config, keys = header.get("config"), header.get("weights")
-    if not isinstance(config, dict) or not isinstance(keys, list):
-        raise CheckpointError(f"{path}: the header lacks the model config or the weight list")
+    header, data = _read_checked(path, arrays=True)
+    version, config, keys = header["version"], header["config"], header["weights"]
     missing = [k for k in keys if f"model/{k}" not in data]
     if missing:
         raise CheckpointError(f"{path}: weights listed in the header are missing from the file: "

@@ -125,6 +125,10 @@ def build_parser():
     p = sub.add_parser("train", help="train a VGG")
     _add_train_args(p, d)
     p.add_argument("--resume", default=None, help="a run folder (or checkpoint) to continue")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune: start a new run from this checkpoint's weights (a trained run's "
+                        "or converted torchvision weights), with its architecture and input "
+                        "normalisation; the last layer is replaced when the class count differs")
     p.add_argument("--doctor", action="store_true", help="per-layer statistics and diagnoses while training")
     p.add_argument("--doctor-every", type=int, default=d.doctor_every)
     p.add_argument("--data-parallel", action="store_true",
@@ -177,8 +181,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("convert", help="torchvision .pth <-> tinyvgg .npz")
-    p.add_argument("src")
-    p.add_argument("dst")
+    from .interop import add_convert_args
+    add_convert_args(p)
 
     p = sub.add_parser("demo", help="train a narrow VGG-11 on Fashion-MNIST (what make demo runs)")
     p.add_argument("--out", default="runs/demo")
@@ -219,11 +223,13 @@ def cmd_evaluate(args):
 
 def cmd_predict(args):
     from . import backend, checkpoint
+    from .data.imageio import decode_image
     from .data.transforms import EvalTransform
     from .evaluate import predict_proba
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     ck = checkpoint.load(args.checkpoint)
+    ck.warn_if_not_normalized()
     meta = ck.meta
     classes = meta.get("classes") or [str(i) for i in range(ck.model.config["num_classes"])]
     size = meta.get("input_size") or ck.model.config["input_size"]
@@ -234,14 +240,11 @@ def cmd_predict(args):
     tf = EvalTransform(size, mean, std, scale=meta.get("resize", size) if channels == 3 else None)
     for path in args.images:
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if channels == 3 else "L")
-                arr = np.asarray(im, dtype=np.uint8)
+            arr = decode_image(path, "RGB" if channels == 3 else "L")
         except (OSError, UnidentifiedImageError) as e:
             print(f"{path}: cannot read the image ({e})", file=sys.stderr)
             return 2
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
+        if channels == 1:
             if max(arr.shape[:2]) > size:
                 from .data.transforms import rescale
                 arr = rescale(arr, size)
@@ -281,10 +284,8 @@ def cmd_gradcheck(args):
 
 
 def cmd_convert(args):
-    from .interop import convert
-    convert(args.src, args.dst)
-    print(f"wrote {args.dst}")
-    return 0
+    from .interop import run_convert
+    return run_convert(args)
 
 
 # The demo's settings: a quarter-width VGG-11 with BatchNorm on 32x32 Fashion-MNIST,

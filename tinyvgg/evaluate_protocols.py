@@ -770,6 +770,8 @@ def run_evaluate_command(args):
 
     backend.use(getattr(args, "device", "cpu") or "cpu")
     cks = [checkpoint.load(p) for p in args.checkpoints]
+    for ck in cks:
+        ck.warn_if_not_normalized()
     ems = [as_eval_model(ck, name=str(p)) for ck, p in zip(cks, args.checkpoints)]
     tc = (cks[0].meta or {}).get("train_config") or {}
     name = args.dataset or tc.get("dataset")

@@ -35,7 +35,21 @@ from .fileio import atomic_open
 
 from .models.vgg import CONFIGS, _CONV_RE, _LETTER_TO_NAME, resolve_name
 
-__all__ = ["infer_config", "torch_to_tinyvgg", "tinyvgg_to_torch", "convert", "main"]
+__all__ = ["infer_config", "torch_to_tinyvgg", "tinyvgg_to_torch", "convert", "main", "add_convert_args",
+           "PickledObjectsError", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# torchvision's transforms.Normalize for its ImageNet models, in its [0, 1] units.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Wrappers whose prefix a saved state dict's keys carry: DataParallel/DDP, torch.compile.
+_KEY_PREFIXES = ("module.", "_orig_mod.")
+# Where training scripts commonly keep the weights inside a saved dict.
+_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
+
+
+class PickledObjectsError(ValueError):
+    """A ``.pth`` that holds Python objects beyond tensors, refused unless trusted."""
+
 
 _FEAT_RE = re.compile(r"^features\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
@@ -81,8 +95,7 @@ def infer_config(state_dict):
     that ``vgg(**infer_config(sd))`` has exactly the keys and shapes of ``sd``.
     Raises ``ValueError`` saying what does not look like a VGG.
     """
-    shapes = {(k[len("module."):] if k.startswith("module.") else k): tuple(np.shape(v))
-              for k, v in state_dict.items()}
+    shapes = {_strip_prefixes(k): tuple(np.shape(v)) for k, v in state_dict.items()}
     convs = sorted(int(m.group(1)) for k in shapes if (m := _FEAT_RE.match(k))
                    and m.group(2) == "weight" and len(shapes[k]) == 4)
     if not convs:
@@ -156,35 +169,149 @@ def infer_config(state_dict):
     return out
 
 
-def _tensor_dict_to_numpy(obj, path):
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # a training checkpoint that wraps the weights
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        obj = obj.state_dict()  # a pickled nn.Module
+def _strip_prefixes(key):
+    """``module.features.0.weight`` (DataParallel) or ``_orig_mod.`` (torch.compile) ->
+    ``features.0.weight``."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _KEY_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def _is_array(v):
+    """A tensor or array (what a state dict holds)."""
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
+def _find_state_dict(obj, path, where="the file"):
+    """The {key: tensor} dict inside what torch.load returned: the dict itself, a
+    pickled module's ``state_dict()``, or a wrapped one (``{"state_dict": ...}``,
+    ``{"model": module}``, ...). Raises ValueError naming the file and what it holds."""
+    if hasattr(obj, "state_dict") and callable(obj.state_dict) and not isinstance(obj, dict):
+        return obj.state_dict()  # a pickled nn.Module
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(obj).__name__}")
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors) in {where}, got "
+                         f"{type(obj).__name__}")
+    if obj and all(_is_array(v) for v in obj.values()):
+        return obj
+    for key in _STATE_DICT_KEYS:  # a training checkpoint that wraps the weights
+        if key in obj and (isinstance(obj[key], dict) or hasattr(obj[key], "state_dict")):
+            return _find_state_dict(obj[key], path, f"its entry {key!r}")
+    keys = list(obj)
+    raise ValueError(f"{path}: {where} is a dict with keys {keys[:8]}{' ...' if len(keys) > 8 else ''}, "
+                     f"neither a state dict (tensors only) nor one under "
+                     f"{', '.join(repr(k) for k in _STATE_DICT_KEYS)}; save the weights alone with "
+                     f"torch.save(model.state_dict(), 'weights.pth')")
+
+
+def _tensor_dict_to_numpy(obj, path):
     out = {}
-    for k, v in obj.items():
-        k = k[len("module."):] if k.startswith("module.") else k  # DataParallel prefix
-        out[k] = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+    for k, v in _find_state_dict(obj, path).items():
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu()
+            try:
+                v = v.numpy()
+            except TypeError:  # bfloat16 (and float8) have no NumPy dtype: widen to float32
+                v = v.float().numpy()
+        out[_strip_prefixes(k)] = np.asarray(v)
     return out
 
 
-def torch_to_tinyvgg(pth_path, out_npz, name=None):
-    """Convert a torchvision VGG state dict (``.pth``) into a tinyvgg checkpoint.
+def _torch_load(torch, path, allow_pickle):
+    """torch.load of ``path``: tensors only unless ``allow_pickle``; errors as one clear
+    ValueError naming the file (PyTorch's own is a 25-line traceback)."""
+    import inspect
+    import pickle
+
+    if "weights_only" not in inspect.signature(torch.load).parameters and not allow_pickle:
+        raise ValueError(f"{path}: this PyTorch ({torch.__version__}) cannot load tensors without "
+                         f"full unpickling; upgrade PyTorch (>= 1.13), or pass --allow-pickle if "
+                         f"you trust the file")
+    try:
+        if allow_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only" not in text.lower() and "weights_only" not in text:
+            raise ValueError(f"{path}: not a readable PyTorch file ({text.splitlines()[0]})") from None
+        found = re.findall(r"GLOBAL ([\w.]+)", text)
+        what = f" (it pickles {found[0]})" if found else ""
+        raise PickledObjectsError(
+            f"{path}: the file holds Python objects beyond tensors{what}, which are not loaded by "
+            f"default because unpickling them can run any code. Save only the weights: "
+            f"torch.save(model.state_dict(), 'weights.pth') (or torch.save(ckpt['state_dict'], ...)); "
+            f"or, if you trust this file, convert with --allow-pickle "
+            f"(torch_to_tinyvgg(..., allow_pickle=True))") from None
+    except (ModuleNotFoundError, AttributeError) as e:
+        # Full unpickling of a whole module needs the code of its classes.
+        raise ValueError(f"{path}: the file pickles objects whose code is not importable here "
+                         f"({type(e).__name__}: {e}); install the package that defines them, "
+                         f"or save only model.state_dict() where they are") from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # PyTorch raises many types for a file that is not its format
+        raise ValueError(f"{path}: not a readable PyTorch file: truncated or corrupt "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _preprocessing(config, mean, std, resize):
+    """The checkpoint metadata for a torchvision-layout network: ``mean``/``std`` in
+    torchvision's [0, 1] units (default ImageNet's), stored in tinyvgg's [0, 255] ones,
+    ``input_size`` and ``resize`` (default 256/224 of it, torchvision's resize-then-crop)."""
+    channels = config.get("in_channels", 3)
+    meta = dict(input_size=config["input_size"])
+    meta["resize"] = int(resize) if resize is not None else int(round(config["input_size"] * 256 / 224))
+    if meta["resize"] < config["input_size"]:
+        raise ValueError(f"resize (--resize) {meta['resize']} is smaller than the input size "
+                         f"{config['input_size']}: the centre crop would not fit")
+    if mean is None and std is None and channels != 3:
+        import warnings
+        warnings.warn(f"the network takes {channels} channel(s); ImageNet's statistics are for RGB, "
+                      f"so no normalisation is recorded: give --mean and --std", stacklevel=3)
+        return meta
+    for what, values, default in (("mean", mean, IMAGENET_MEAN), ("std", std, IMAGENET_STD)):
+        values = [float(v) for v in (default if values is None else values)]
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ValueError(f"{what} (--{what}) has {len(values)} values; the network takes "
+                             f"{channels} channel(s): give {channels} (or one)")
+        if what == "std" and not all(v > 0 for v in values):
+            raise ValueError(f"std (--std) must be positive, got {values}")
+        meta[what] = [v * 255 for v in values]  # torchvision's [0, 1] units -> tinyvgg's [0, 255]
+    return meta
+
+
+def torch_to_tinyvgg(pth_path, out_npz, name=None, *, mean=None, std=None, resize=None,
+                     allow_pickle=False):
+    """Convert a torchvision-layout VGG state dict (``.pth``) into a tinyvgg checkpoint.
 
     The architecture is inferred (:func:`infer_config`); ``name`` (e.g. "vgg16_bn"),
-    when given, must agree with it. Returns ``out_npz``.
+    when given, must agree with it. The preprocessing the network expects is recorded
+    for ``predict``/``evaluate``: ``mean`` and ``std`` per channel in torchvision's
+    [0, 1] units (as given to ``transforms.Normalize``; default ImageNet's, which every
+    torchvision model and most fine-tuned ones use; ``mean=(0,) std=(1,)`` for a network
+    fed ``ToTensor()`` output alone), and ``resize``, the shorter side before the centre
+    crop (default 256 for 224). Class names are ImageNet's for 1000 classes when
+    torchvision is installed. BatchNorm ``num_batches_tracked`` may be missing (older files).
+
+    ``allow_pickle``: the file may hold Python objects beyond tensors (an
+    ``argparse.Namespace``, a whole ``nn.Module``): load it with full unpickling, which
+    can run code; only for files you trust. Without it such a file raises
+    :class:`PickledObjectsError` (a ValueError) saying so. Returns ``out_npz``.
     """
     torch = _import_torch("torch_to_tinyvgg")
     from . import checkpoint
     from .models import vgg
 
     pth_path = os.fspath(pth_path)
-    try:
-        obj = torch.load(pth_path, map_location="cpu", weights_only=True)
-    except TypeError:  # PyTorch < 1.13 has no weights_only
-        obj = torch.load(pth_path, map_location="cpu")
+    if not os.path.isfile(pth_path):
+        raise FileNotFoundError(2, f"{pth_path}: no such file", pth_path)
+    obj = _torch_load(torch, pth_path, allow_pickle)
     sd = _tensor_dict_to_numpy(obj, pth_path)
     config = infer_config(sd)
     if name is not None:
@@ -192,14 +319,12 @@ def torch_to_tinyvgg(pth_path, out_npz, name=None):
         if _LETTER_TO_NAME[letter] != config["name"] or bn != config["batch_norm"]:
             raise ValueError(f"torch_to_tinyvgg: {pth_path} holds a {config['name']}"
                              f"{'_bn' if config['batch_norm'] else ''}, not a {name}")
+    meta = dict(source=os.path.basename(pth_path), converted_from="torchvision")
+    meta.update(_preprocessing(config, mean, std, resize))
     model = vgg(**config)
     model.load_state_dict(sd, strict=True)
-    meta = dict(source=os.path.basename(pth_path), converted_from="torchvision")
-    if config["num_classes"] == 1000 and config["input_size"] == 224:
-        # torchvision's ImageNet preprocessing, in tinyvgg's [0, 255] units: resize the
-        # shorter side to 256, centre-crop 224, subtract the mean, divide by the std.
-        meta.update(mean=[0.485 * 255, 0.456 * 255, 0.406 * 255], std=[0.229 * 255, 0.224 * 255, 0.225 * 255],
-                    input_size=224, resize=256, classes=_imagenet_categories())
+    if config["num_classes"] == 1000:
+        meta["classes"] = _imagenet_categories()
     return checkpoint.save(out_npz, model, **meta)
 
 
@@ -229,28 +354,68 @@ def tinyvgg_to_torch(npz_path, out_pth):
     return out_pth
 
 
-def convert(src, dst, name=None):
-    """Convert by extension: ``.pth``/``.pt`` -> tinyvgg ``.npz``, ``.npz`` -> ``.pth``.
-    Returns ``dst``. Raises ``ValueError`` for any other extension."""
+def convert(src, dst, name=None, **options):
+    """Convert by extension: ``.pth``/``.pt`` -> tinyvgg ``.npz`` (``options``: the
+    keyword arguments of :func:`torch_to_tinyvgg`: mean, std, resize, allow_pickle),
+    ``.npz`` -> ``.pth``. Returns ``dst``. Raises ``ValueError`` for any other extension."""
     ext = os.path.splitext(os.fspath(src))[1].lower()
     if ext in (".pth", ".pt"):
-        return torch_to_tinyvgg(src, dst, name=name)
+        return torch_to_tinyvgg(src, dst, name=name, **options)
     if ext == ".npz":
+        given = [k for k, v in options.items() if v not in (None, False)]
+        if given:
+            raise ValueError(f"convert: {', '.join('--' + k.replace('_', '-') for k in given)} apply to "
+                             f".pth -> .npz conversion only; {src} is a tinyvgg .npz")
         return tinyvgg_to_torch(src, dst)
     raise ValueError(f"convert: cannot tell the direction from {src!r}: expected a .pth/.pt "
                      f"(PyTorch -> tinyvgg .npz) or a .npz (tinyvgg -> PyTorch .pth) source")
 
 
+def _floats(text):
+    """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5] (an argparse type)."""
+    import argparse
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5, "
+                                         f"got {text!r}")
+    return values
+
+
+def add_convert_args(p):
+    """The arguments of ``convert`` (``python -m tinyvgg convert`` and :func:`main`)."""
+    p.add_argument("src", help=".pth/.pt (torchvision-layout state dict) or .npz (tinyvgg checkpoint)")
+    p.add_argument("dst", help="output file")
+    p.add_argument("--name", default=None, help="expected architecture, e.g. vgg16_bn (checked)")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean the network was trained with, in torchvision's [0, 1] units "
+                        "(transforms.Normalize), e.g. 0.5,0.5,0.5 (default ImageNet's 0.485,0.456,0.406)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel std, [0, 1] units (default ImageNet's 0.229,0.224,0.225; "
+                        "--mean 0 --std 1 for a network fed ToTensor() alone)")
+    p.add_argument("--resize", type=int, default=None,
+                   help="shorter side before the centre crop (default 256 for input size 224)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="the .pth holds Python objects beyond tensors (a whole nn.Module, an "
+                        "argparse.Namespace) and you trust it: load it with full unpickling, "
+                        "which can run code")
+
+
+def run_convert(args):
+    """Run parsed ``convert`` arguments (:func:`add_convert_args`); prints and returns 0."""
+    out = convert(args.src, args.dst, name=args.name, mean=args.mean, std=args.std,
+                  resize=args.resize, allow_pickle=args.allow_pickle)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None):
-    """``convert SRC DST [--name NAME]`` as a command line; returns the exit status."""
+    """``convert SRC DST [--name NAME] [--mean ...] ...`` as a command line; returns the exit status."""
     import argparse
 
     p = argparse.ArgumentParser(prog="tinyvgg convert",
                                 description="Convert VGG weights between torchvision .pth and tinyvgg .npz")
-    p.add_argument("src", help=".pth/.pt (torchvision state dict) or .npz (tinyvgg checkpoint)")
-    p.add_argument("dst", help="output file")
-    p.add_argument("--name", default=None, help="expected architecture, e.g. vgg16_bn (checked)")
-    args = p.parse_args(argv)
-    out = convert(args.src, args.dst, name=args.name)
-    print(f"wrote {out}")
-    return 0
+    add_convert_args(p)
+    return run_convert(p.parse_args(argv))

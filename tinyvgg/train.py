@@ -27,7 +27,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
 
 __all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data",
-           "resume_config", "draw_train_val"]
+           "resume_config", "draw_train_val", "init_from_config"]
 
 
 # The paper's recipe (section 3.1): batch 256, momentum 0.9, weight decay 5e-4 on every
@@ -110,6 +110,9 @@ class TrainConfig:
     # proportions kept); "shuffle" is how runs saved before it drew them (a resumed or
     # evaluated old run rebuilds the same split).
     sampling: str = "stratified"
+    init_from: str | None = None       # fine-tune: start from this checkpoint's weights and architecture
+    mean: list | None = None           # input normalisation ([0, 255] units) instead of the training
+    std: list | None = None            # set's statistics; --init-from keeps the checkpoint's
 
     def __post_init__(self):
         if self.lr is None:
@@ -134,7 +137,8 @@ class TrainConfig:
         """The config saved by :meth:`to_dict` (a run's ``config.json`` or a checkpoint's
         ``train_config``). Settings that older runs did not save take the values those
         runs trained with (no label smoothing, weight decay on every parameter, the
-        shuffled hold-out), so a resumed old run continues with its own recipe and data. ValueError for unknown names."""
+        shuffled hold-out), so a resumed old run continues with its own recipe and data.
+        ValueError for unknown names."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -288,7 +292,14 @@ def prepare_data(cfg, classes=None):
                                       cfg.batch_norm)
     if test is None:
         test, test_split = val_ds, "validation (the dataset has no test split)"
-    mean, std = compute_mean_std(train_ds)
+    if cfg.mean is not None and cfg.std is not None:
+        mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+        if len(mean) != _channels(train_ds) or len(std) != len(mean):
+            source = f"--init-from {cfg.init_from}" if cfg.init_from else "the configured mean/std"
+            raise ValueError(f"{source}: the network takes {len(mean)}-channel images, the "
+                             f"{cfg.dataset} images have {_channels(train_ds)} channel(s)")
+    else:
+        mean, std = compute_mean_std(train_ds)
     size = cfg.input_size or int(math.ceil(_native_size(train_ds) / 32) * 32)
     pca = compute_pca(train_ds) if cfg.pca else None
     scale = tuple(cfg.scale) if isinstance(cfg.scale, (list, tuple)) else cfg.scale
@@ -350,6 +361,8 @@ class Trainer:
         from .models import vgg
         from .optim import SGD, make_schedule
 
+        if resume_state is None:
+            self.cfg = init_from_config(self.cfg)  # (what train() did already: idempotent)
         cfg = self.cfg
         backend.use(cfg.device)
         backend.seed(cfg.seed)
@@ -374,6 +387,8 @@ class Trainer:
                              width=cfg.width, batch_norm=cfg.batch_norm, hidden=hidden,
                              dropout=cfg.dropout, init=cfg.init, dtype=np.dtype(cfg.dtype),
                              in_channels=self.data["channels"])
+            if cfg.init_from:
+                self._init_weights_from(cfg.init_from)
             self.model.to(cfg.device)
         from .data import DataLoader
         n_train = len(d["train"])
@@ -399,6 +414,27 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         return self
+
+    def _init_weights_from(self, path):
+        """Copy the weights of checkpoint ``path`` into the new model (same architecture:
+        :func:`init_from_config`); the last layer keeps its fresh initialisation when the
+        class count differs."""
+        from . import checkpoint
+
+        ck = checkpoint.load(path)
+        state, replaced = dict(ck.state_dict), ck.config["num_classes"] != self.num_classes
+        if replaced:
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.6.")}
+        try:
+            self.model.load_state_dict(state, strict=not replaced)  # wrong shapes raise either way
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--init-from {path}: its weights do not fit the network being "
+                             f"trained: {e}") from None
+        if self.is_main:
+            print(f"initialised from {path} ({ck.model.name}, width {ck.config['width']:g}, input "
+                  f"{ck.config['input_size']})" + (f"; classifier.6 replaced: {ck.config['num_classes']} -> "
+                                                   f"{self.num_classes} classes" if replaced else ""),
+                  flush=True)
 
     # -- checkpoints -----------------------------------------------------------
     def save_checkpoint(self, reason="epoch"):
@@ -594,12 +630,25 @@ def resume_config(cfg, resume):
     the saved settings, except those that only say how long or where to run, and the
     loaded :class:`tinyvgg.checkpoint.Checkpoint`. ``(cfg, None)`` when ``resume`` is None."""
     if resume is None:
-        return cfg, None
+        return init_from_config(cfg), None
+    if cfg.init_from:
+        raise ValueError(f"--resume {resume} continues a run and --init-from {cfg.init_from} starts "
+                         f"a new one from given weights: give one of them")
     from . import checkpoint
     path = Path(resume)
     if path.is_dir():
         path = path / "checkpoint.npz"
     state = checkpoint.load(path)
+    needed = ("train_config", "schedule", "history", "epoch", "step_in_epoch", "global_step")
+    lacking = [k for k in needed if k not in state.meta] + \
+        (["the optimizer state"] if state.optimizer_state is None else [])
+    if lacking:
+        what = ("converted from torchvision" if state.meta.get("converted_from")
+                else f"it lacks {', '.join(lacking)}")
+        raise ValueError(f"--resume {resume}: {path} holds weights without a training state ({what}), "
+                         f"so there is no run to continue. To train from these weights, start a new "
+                         f"run with --init-from {path} (fine-tuning; the last layer is replaced when "
+                         f"the number of classes differs)")
     saved = dict(state.meta["train_config"])
     # The saved settings win, except those that only say how long or where to run.
     for key in ("epochs", "progress", "device", "log_every", "out"):
@@ -607,6 +656,27 @@ def resume_config(cfg, resume):
     if cfg.out == TrainConfig.out:
         saved["out"] = str(path.parent)
     return TrainConfig.from_dict(saved), state
+
+
+def init_from_config(cfg):
+    """``cfg`` for fine-tuning from ``cfg.init_from`` (a checkpoint: a trained run's or
+    converted torchvision weights): the checkpoint's architecture (model, batch_norm,
+    width, hidden, input_size) and its input normalisation (``mean``/``std``, when it
+    records them and ``cfg`` gives none). ``cfg`` itself when ``init_from`` is None.
+    Raises ValueError naming ``--input-size`` when it contradicts the checkpoint, and
+    what :func:`tinyvgg.checkpoint.load_header` raises for a bad file."""
+    if not cfg.init_from:
+        return cfg
+    from . import checkpoint
+    header = checkpoint.load_header(cfg.init_from)
+    arch, meta = header["config"], header["meta"]
+    if cfg.input_size is not None and cfg.input_size != arch["input_size"]:
+        raise ValueError(f"--input-size {cfg.input_size}: --init-from {cfg.init_from} is a network "
+                         f"for {arch['input_size']}-pixel inputs; leave --input-size out")
+    if cfg.mean is None and cfg.std is None and meta.get("mean") is not None and meta.get("std") is not None:
+        cfg = replace(cfg, mean=[float(v) for v in meta["mean"]], std=[float(v) for v in meta["std"]])
+    return replace(cfg, model=arch["name"], batch_norm=bool(arch["batch_norm"]), width=float(arch["width"]),
+                   hidden=int(arch["hidden"]), input_size=int(arch["input_size"]))
 
 
 def train(cfg, hooks=(), resume=None, shard=None):

@@ -569,24 +569,12 @@ def _scan_folder(root, limit_per_class):
 
 
 def _decode(path, size):
-    """One image file -> uint8 (H, W, 3); with ``size``, shorter side rescaled to
-    ``size`` and centre-cropped to (size, size, 3)."""
-    from PIL import Image
+    """One image file -> uint8 (H, W, 3) as a viewer shows it; with ``size``, shorter
+    side rescaled to ``size`` and centre-cropped to (size, size, 3)
+    (:func:`tinyvgg.data.imageio.decode_image`)."""
+    from .imageio import decode_image
 
-    from .transforms import _pil_rescale
-
-    with Image.open(path) as im:
-        if size is not None:
-            # Let the JPEG decoder downscale by a power of two while staying at
-            # least size x size: much faster for large photos.
-            im.draft(None, (size, size))
-        im = im.convert("RGB")
-    if size is not None:
-        im = _pil_rescale(im, size)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    return np.array(im, dtype=np.uint8)  # a writable copy
+    return decode_image(path, "RGB", size)
 
 
 def _decode_chunk(paths, size):
@@ -604,7 +592,9 @@ def _cache_key(root, size, on_error, limit_per_class):
     # its class folder's mtime, not root's.
     mtimes = [root.stat().st_mtime_ns]
     mtimes += [p.stat().st_mtime_ns for p in sorted(root.iterdir()) if p.is_dir()]
-    return (str(root), size, on_error, limit_per_class, tuple(mtimes))
+    # DECODER_VERSION: arrays cached by an older decoder (16-bit PNGs read as white) are stale.
+    from .imageio import DECODER_VERSION
+    return (str(root), size, on_error, limit_per_class, tuple(mtimes), DECODER_VERSION)
 
 
 def _disk_cache_path(cache_dir, key):
@@ -663,7 +653,9 @@ def load_image_folder(root, size=None, on_error="skip", *, cache_dir=None, limit
     """Images in class folders ``root/<class>/*.jpg|jpeg|png`` (any case).
 
     Classes are the folder names, sorted; files are sorted within each class.
-    Every image is converted to RGB, so C = 3.
+    Every image is decoded to RGB as a viewer shows it, so C = 3: 16-bit and
+    float images scaled to 8 bits, transparency over white, EXIF orientation
+    applied (:func:`tinyvgg.data.imageio.decode_image`).
 
     size : int or None
         int: rescale each image isotropically so its shorter side is ``size``

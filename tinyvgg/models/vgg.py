@@ -433,14 +433,19 @@ class VGG(_Sequential):
         converting to the model's dtype.
 
         Nothing is copied unless everything fits. With ``strict=True`` missing and
-        unexpected keys are errors; wrong shapes always are. The
+        unexpected keys are errors; wrong shapes always are. A missing BatchNorm
+        ``num_batches_tracked`` is not (PyTorch's rule: files saved before it existed,
+        such as torchvision's original ``vgg*_bn`` weights, lack it): the layer keeps its
+        count, 0 for a new model. The
         :class:`StateDictError` (a ``KeyError`` and a ``ValueError``) names every
         missing, unexpected and wrongly shaped key in one message.
         Returns ``(missing, unexpected)`` key lists (useful with ``strict=False``).
         """
         exp = self._expected_state()
         given = {k: np.asarray(backend.to_host(v)) for k, v in state_dict.items()}
-        missing = [k for k in exp if k not in given]
+        # Optional, as in PyTorch: a BatchNorm given no batch count keeps its own (0 when new).
+        optional = [k for k in exp if k not in given and k.endswith(".num_batches_tracked")]
+        missing = [k for k in exp if k not in given and k not in optional]
         unexpected = [k for k in given if k not in exp]
         wrong = [f"{k}: got {tuple(given[k].shape)}, expected {exp[k][3]}"
                  for k in exp if k in given and tuple(given[k].shape) != exp[k][3]]
