@@ -232,7 +232,8 @@ def cmd_gradcheck(args):
     print(report)
     ok = report.passed(args.tol)
     print(f"{'PASSED' if ok else 'FAILED'}: max relative error {report.max_error:.2e} "
-          f"(tolerance {args.tol:g}) over {len(report.results)} arrays")
+          f"(tolerance {args.tol:g}) over {len(report.results)} arrays"
+          + (f"; {len(report.unchecked)} not checked (try another --seed)" if report.unchecked else ""))
     return 0 if ok else 1
 
 
