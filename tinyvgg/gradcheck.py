@@ -191,13 +191,13 @@ def numerical_gradient(f, x, dy, indices, h=1e-6, kink_tol=1e-3, smooth_tol=1e-7
         third = (p2 + m2) - 2 * (p1 + m1)    # 2 h^3 f'(3) where f is smooth
         fourth = (p2 - m2) - 4 * (p1 - m1)   # h^4 f'(4) where f is smooth
         rough[k] = max(abs(third), abs(fourth)) / h
-    scale = max(np.max(np.abs(central), initial=0.0), 1e-300)
-    kink = np.abs(plus - minus) > kink_tol * np.maximum(scale, np.abs(plus) + np.abs(minus))
-    # A kink at distance d < h makes max(|third|, |fourth|) >= h J / 2 (J: the jump in
-    # slope) and moves the central difference by at most J / 2. Below the round-off of
-    # these sums (16 times that of f) nothing can be told apart.
+    # Below the round-off of these sums (up to 16 times that of f) nothing can be told apart.
     eps = np.finfo(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64).eps
     noise = 16 * eps * float(np.sum(np.abs(dy * y0))) / h
+    scale = max(np.max(np.abs(central), initial=0.0), 1e-300)
+    kink = np.abs(plus - minus) > np.maximum(kink_tol * np.maximum(scale, np.abs(plus) + np.abs(minus)), noise)
+    # A kink at distance d < h makes max(|third|, |fourth|) >= h J / 2 (J: the jump in
+    # slope) and moves the central difference by at most J / 2.
     mag = np.maximum(np.abs(plus) + np.abs(minus), 2 * floor_ratio * scale)
     kink |= rough > np.maximum(smooth_tol * mag, noise)
     return central, kink
