@@ -187,7 +187,8 @@ def cmd_predict(args):
     std = meta.get("std")
     channels = ck.model.layers[0].in_channels
     # Photos: shorter side to `resize` (torchvision's 256 for converted weights), centre crop.
-    tf = EvalTransform(size, mean, std, scale=meta.get("resize", size) if channels == 3 else None)
+    tf = EvalTransform(size, mean, std, scale=meta.get("resize", size) if channels == 3 else None,
+                       dtype=ck.model.dtype)
     for path in args.images:
         try:
             with Image.open(path) as im:
