@@ -230,7 +230,8 @@ def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-5, max_coord
     parameter. Everything must be float64. Dropout masks repeat across the
     evaluations because the backend is reseeded with ``seed`` before each forward.
     An array whose gradients are all within ``zero_margin`` times the round-off R
-    of 0 is reported as zero up to round-off (module docstring).
+    of 0 is reported as zero up to round-off; a coordinate at a kink is measured again
+    ``retries`` times, each with a 10x smaller step, before it is skipped (module docstring).
     Returns a :class:`GradcheckReport`; raises TypeError for arrays that are not
     float64 and ValueError when a gradient's shape differs from its array's.
     """
