@@ -149,6 +149,62 @@ def test_cli_train_evaluate_predict_summary_gradcheck(tiny_folder, tmp_path, cap
     assert "PASSED" in capsys.readouterr().out
 
 
+def test_cli_train_and_doctor_in_float64(tiny_folder, tmp_path, capsys):
+    # --dtype float64 stopped at the first step: the data pipeline made float32 batches
+    # for float64 layers (TypeError). Now the batches come in the model's dtype, and the
+    # whole chain (train, evaluate, predict, doctor) runs in float64.
+    run = tmp_path / "f64"
+    rc = main(["train", "--dataset", "folder", "--data-dir", str(tiny_folder), "--epochs", "1",
+               "--batch-size", "16", "--width", "0.0625", "--hidden", "16", "--batch-norm",
+               "--dtype", "float64", "--limit", "32", "--out", str(run), "--no-progress"])
+    assert rc == 0
+    assert "test accuracy:" in capsys.readouterr().out
+    ck = checkpoint.load(run / "checkpoint.npz")
+    assert ck.model.dtype == np.float64
+    assert all(p.dtype == np.float64 for p in ck.model.parameters())
+    assert main(["evaluate", str(run / "checkpoint.npz"), "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["top1"] <= 1.0
+    image = next((tiny_folder / "class0").iterdir())
+    assert main(["predict", str(run / "checkpoint.npz"), str(image)]) == 0
+    assert "1. class" in capsys.readouterr().out
+
+    rc = main(["doctor", "--dataset", "folder", "--data-dir", str(tiny_folder), "--width", "0.0625",
+               "--hidden", "16", "--batch-size", "8", "--steps", "3", "--dtype", "float64",
+               "--out", str(tmp_path / "doctor64")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "Diagnoses" in out and "TypeError" not in out
+    # A command the doctor suggests keeps the dtype the run was made with.
+    from tinyvgg.cli import build_parser
+    from tinyvgg.doctor import _rebuild_argv
+
+    args = build_parser().parse_args(["doctor", "--dtype", "float64", "--steps", "3"])
+    assert "--dtype float64" in _rebuild_argv(args, ["--lr", "0.1"])
+
+
+def test_batches_come_in_the_model_dtype(tiny_folder):
+    from tinyvgg.data import DataLoader, EvalTransform, TrainTransform, load_dataset
+
+    ds = load_dataset("folder", str(tiny_folder), split="train")
+    for dtype in (np.float32, np.float64):
+        for tf in (TrainTransform(32, [120.0] * 3, [60.0] * 3, padding=4, dtype=dtype),
+                   EvalTransform(32, [120.0] * 3, [60.0] * 3, dtype=dtype)):
+            x, y = next(iter(DataLoader(ds, 8, tf, dtype=dtype, prefetch=0)))
+            assert x.dtype == dtype and x.shape == (8, 3, 32, 32) and y.dtype == np.int64
+    # Normalisation is computed in float64, not rounded through float32 first.
+    imgs = ds.images[:2]
+    x64 = EvalTransform(32, [120.0] * 3, [60.0] * 3, dtype=np.float64)(imgs)
+    exact = (imgs.astype(np.float64) - 120.0) / 60.0
+    np.testing.assert_array_equal(x64, exact.transpose(0, 3, 1, 2))
+    # A float32 transform feeding a float64 loader is converted; other dtypes are refused.
+    x, _ = next(iter(DataLoader(ds, 4, EvalTransform(32, None), dtype=np.float64, prefetch=0)))
+    assert x.dtype == np.float64
+    with pytest.raises(ValueError, match="float16"):
+        EvalTransform(32, None, dtype=np.float16)
+    with pytest.raises(ValueError, match="float16"):
+        DataLoader(ds, 4, dtype=np.float16)
+
+
 def test_cli_reports_missing_data_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TINYVGG_DATA", str(tmp_path / "none"))
     rc = main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "missing"), "--epochs", "1",

@@ -1438,7 +1438,7 @@ def _rebuild_argv(args, fix):
     fix_keys = {fix[i].lstrip("-").replace("-", "_") for i in range(len(fix)) if fix[i].startswith("--")}
     for key in ("model", "width", "hidden", "batch_norm", "dropout", "init", "dataset", "data_dir",
                 "input_size", "val_size", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-                "warmup_epochs", "limit", "seed", "device"):
+                "warmup_epochs", "limit", "seed", "device", "dtype"):
         v = getattr(args, key, None)
         if key in fix_keys or v is None:
             continue

@@ -23,14 +23,48 @@ The floor keeps coordinates whose gradient is ~1000x smaller than the array's
 largest from being judged by pure round-off; a wrong gradient still shows up as
 an error of order 1.
 
+Gradients that are zero up to round-off. Some arrays have a true gradient of
+exactly 0: a convolution bias right before BatchNorm (training mode subtracts
+the batch mean, so the bias cancels). Then ``g`` is round-off of the backward
+pass (~1e-19) and ``n`` round-off of the forward pass divided by h (~1e-14), and
+their relative error (~1) says nothing. The central difference cannot resolve
+a gradient below its round-off
+
+    R = eps * sum(|dy * f(x)|) / h        (eps = 2.2e-16, float64)
+
+(the forward pass's absolute round-off, divided by h; measured on VGG it is
+about R). An array whose every analytic gradient and every sampled numerical
+estimate lies within ``zero_margin * R`` of 0 (default 100 R) is reported as
+zero up to round-off: marked ``~0``, error 0. Every other array is judged by
+the relative error above, unchanged; so a backward that gives such a bias any
+gradient larger than 100 R (about 1e-12 on a narrow VGG, where the other
+gradients are ~1e-4) makes the array non-zero and fails it with an error of
+order 1.
+
 Kinks. ReLU at 0 and a tie in max-pooling are points where f has no
 derivative; there the two one-sided slopes differ by O(1) while at a smooth
 point they differ by O(h). Every checked coordinate also gets its one-sided
 slopes ``(f(x+h)-f(x))/h`` and ``(f(x)-f(x-h))/h``; where they disagree by more
 than ``kink_tol`` (relative to the array's gradient scale) the coordinate sits
-on (or within h of) a kink and is skipped, and the report counts the skips. Inputs
-drawn from a continuous distribution almost never land there; the report makes
-the rare case visible instead of a false failure.
+on (or within h of) a kink. That test misses small kinks: in a deep network
+with BatchNorm a step of h in an early weight moves every later activation, some
+ReLU within h of 0 flips, and the central difference is off by a few 1e-5
+relative, far below ``kink_tol`` yet far above the 1e-6 we demand. So f is also
+evaluated at x +- 2h: where f is smooth the third and fourth differences
+
+    [f(x+2h) - f(x-2h)] - 2 [f(x+h) - f(x-h)]                  = 2 h^3 f'''(x) + ...
+    [f(x+2h) + f(x-2h) - 2 f(x)] - 4 [f(x+h) + f(x-h) - 2 f(x)] = h^4 f''''(x) + ...
+
+are tiny, while a kink at distance d < h with a slope jump J makes one of them
+at least h J / 2 and moves the central difference by at most J / 2. A coordinate
+where they exceed ``smooth_tol`` (1e-7) of its gradient scale, or the round-off
+of those sums, is a kink too. A kink is measured again once with a step of
+h / 10 (``retries``); it stays in the way only if it lies within h / 10. What is
+still at a kink is skipped, and the report counts the skips. Inputs drawn from a
+continuous distribution almost never land exactly on one; the report makes the
+rare case visible instead of a false failure. An array whose every sampled
+coordinate was skipped has no error (nan), and a report holding one does not
+pass: nothing was checked there (try another seed).
 
 Large arrays are checked on a random sample of ``max_coords`` coordinates.
 """
@@ -54,6 +88,7 @@ class ArrayResult:
     checked: int
     skipped_kinks: int
     max_error: float
+    zero: bool = False  # every gradient within zero_margin * R of 0 (module docstring)
 
 
 @dataclass
@@ -61,13 +96,25 @@ class GradcheckReport:
     """Per-array results of a gradient check. ``max_error`` is the worst of them."""
 
     results: list = field(default_factory=list)
+    roundoff: float = 0.0  # R, the round-off of the central difference (module docstring)
+    zero_margin: float = 100.0
 
     @property
     def max_error(self):
-        return max((r.max_error for r in self.results), default=0.0)
+        """The worst array's error; nan when some array had no coordinate checked."""
+        errors = [r.max_error for r in self.results]
+        if any(np.isnan(e) for e in errors):
+            return float("nan")
+        return max(errors, default=0.0)
+
+    @property
+    def unchecked(self):
+        """Names of the arrays none of whose sampled coordinates could be checked (all kinks)."""
+        return [r.name for r in self.results if np.isnan(r.max_error)]
 
     def passed(self, tol=1e-6):
-        return bool(self.results) and self.max_error <= tol
+        """True when every array was checked and none has an error above ``tol``."""
+        return bool(self.results) and not self.unchecked and self.max_error <= tol
 
     def __getitem__(self, name):
         for r in self.results:
@@ -79,7 +126,14 @@ class GradcheckReport:
         lines = [f"{'array':<28} {'shape':<20} {'checked':>7} {'kinks':>5} {'max rel err':>11}"]
         for r in self.results:
             lines.append(f"{r.name:<28} {str(r.shape):<20} {r.checked:>7} {r.skipped_kinks:>5} "
-                         f"{r.max_error:>11.2e}")
+                         f"{r.max_error:>11.2e}" + ("  ~0" if r.zero else ""))
+        if any(r.zero for r in self.results):
+            lines.append(f"~0: zero up to round-off, every gradient within {self.zero_margin:g} R = "
+                         f"{self.zero_margin * self.roundoff:.1e} of 0 (R = eps * sum|dy * f(x)| / h); "
+                         f"a bias right before BatchNorm has a true gradient of 0")
+        if self.unchecked:
+            lines.append(f"not checked (every sampled coordinate sat at a kink): {', '.join(self.unchecked)}; "
+                         f"try another seed")
         lines.append(f"max relative error: {self.max_error:.2e}")
         return "\n".join(lines)
 
@@ -107,33 +161,45 @@ def _snapshot(y):
     return np.array(backend.to_host(y), dtype=np.float64, copy=True)
 
 
-def numerical_gradient(f, x, dy, indices, h=1e-6, kink_tol=1e-3):
+def numerical_gradient(f, x, dy, indices, h=1e-6, kink_tol=1e-3, smooth_tol=1e-7, floor_ratio=1e-3):
     """Central differences of ``sum(dy * f())`` with respect to ``x`` at ``indices``.
 
     ``f`` takes no argument and reads ``x``, which is perturbed in place and
-    restored. Returns ``(central, kink)``: the estimates and a boolean mask of
-    coordinates whose one-sided slopes disagree (see the module docstring).
+    restored (f is evaluated at x, and at x +- h and x +- 2h per coordinate).
+    Returns ``(central, kink)``: the estimates and a boolean mask of coordinates
+    that sit within h of a kink (one-sided slopes that disagree by ``kink_tol``,
+    or third and fourth differences above ``smooth_tol``; see the module docstring).
     """
-    dy = _snapshot(dy)
-    y0 = _snapshot(f())
-    central = np.empty(len(indices))
-    plus = np.empty(len(indices))
-    minus = np.empty(len(indices))
     if not x.flags.c_contiguous:  # reshape would copy, and the perturbation would be lost
         raise ValueError("numerical_gradient: x must be a C-contiguous array")
+    dy = _snapshot(dy)
+    y0 = _snapshot(f())
+    n = len(indices)
+    central, plus, minus, rough = (np.empty(n) for _ in range(4))
     flat = x.reshape(-1)
     for k, i in enumerate(indices):
         old = float(flat[i])
-        flat[i] = old + h
-        yp = _snapshot(f())
-        flat[i] = old - h
-        ym = _snapshot(f())
+        ys = {}
+        for step in (1, -1, 2, -2):
+            flat[i] = old + step * h
+            ys[step] = _snapshot(f())
         flat[i] = old
-        plus[k] = _contract(dy, yp, y0) / h
-        minus[k] = _contract(dy, y0, ym) / h
-        central[k] = _contract(dy, yp, ym) / (2 * h)
+        p1, m1 = _contract(dy, ys[1], y0), _contract(dy, y0, ys[-1])
+        p2, m2 = _contract(dy, ys[2], y0), _contract(dy, y0, ys[-2])
+        plus[k], minus[k] = p1 / h, m1 / h
+        central[k] = _contract(dy, ys[1], ys[-1]) / (2 * h)
+        third = (p2 + m2) - 2 * (p1 + m1)    # 2 h^3 f'(3) where f is smooth
+        fourth = (p2 - m2) - 4 * (p1 - m1)   # h^4 f'(4) where f is smooth
+        rough[k] = max(abs(third), abs(fourth)) / h
+    # Below the round-off of these sums (up to 16 times that of f) nothing can be told apart.
+    eps = np.finfo(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64).eps
+    noise = 16 * eps * float(np.sum(np.abs(dy * y0))) / h
     scale = max(np.max(np.abs(central), initial=0.0), 1e-300)
-    kink = np.abs(plus - minus) > kink_tol * np.maximum(scale, np.abs(plus) + np.abs(minus))
+    kink = np.abs(plus - minus) > np.maximum(kink_tol * np.maximum(scale, np.abs(plus) + np.abs(minus)), noise)
+    # A kink at distance d < h makes max(|third|, |fourth|) >= h J / 2 (J: the jump in
+    # slope) and moves the central difference by at most J / 2.
+    mag = np.maximum(np.abs(plus) + np.abs(minus), 2 * floor_ratio * scale)
+    kink |= rough > np.maximum(smooth_tol * mag, noise)
     return central, kink
 
 
@@ -156,14 +222,18 @@ def _sample(size, max_coords, rng):
 
 
 def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-5, max_coords=64,
-                    check_input=True, kink_tol=1e-3):
+                    check_input=True, kink_tol=1e-3, zero_margin=100.0, retries=1):
     """Gradient-check ``module`` (a layer or a model) at input ``x``.
 
     ``module.forward(x, train)`` and ``module.backward(dy)`` are compared with
     central differences for the input (when ``check_input``) and every
     parameter. Everything must be float64. Dropout masks repeat across the
     evaluations because the backend is reseeded with ``seed`` before each forward.
-    Returns a :class:`GradcheckReport`.
+    An array whose gradients are all within ``zero_margin`` times the round-off R
+    of 0 is reported as zero up to round-off; a coordinate at a kink is measured again
+    ``retries`` times, each with a 10x smaller step, before it is skipped (module docstring).
+    Returns a :class:`GradcheckReport`; raises TypeError for arrays that are not
+    float64 and ValueError when a gradient's shape differs from its array's.
     """
     arrays = named_arrays(module)
     for name, p, _ in [("input", x, None)] + arrays:
@@ -179,16 +249,30 @@ def check_gradients(module, x, dy=None, *, train=True, seed=0, h=1e-5, max_coord
     y = f()
     if dy is None:
         dy = backend.to_device(rng.standard_normal(y.shape))
+    roundoff = np.finfo(np.float64).eps * float(np.sum(np.abs(_snapshot(dy) * _snapshot(y)))) / h
     dx = module.backward(dy)
     analytic = [("input", x, backend.to_host(dx))] if check_input else []
     analytic += [(name, p, backend.to_host(g())) for name, p, g in arrays]
-    report = GradcheckReport()
+    report = GradcheckReport(roundoff=roundoff, zero_margin=zero_margin)
+    zero_bound = zero_margin * roundoff
     for name, arr, grad in analytic:
         if grad.shape != arr.shape:
             raise ValueError(f"check_gradients: gradient of {name} has shape {grad.shape}, "
                              f"the array {arr.shape}")
         idx = _sample(arr.size, max_coords, rng)
         num, kink = numerical_gradient(f, arr, dy, idx, h=h, kink_tol=kink_tol)
+        if np.all(np.abs(grad) <= zero_bound) and np.all(np.abs(num) <= zero_bound):
+            # Zero up to round-off: slopes this small are noise, not kinks.
+            report.results.append(ArrayResult(name, tuple(arr.shape), len(idx), 0, 0.0, zero=True))
+            continue
+        for retry in range(1, retries + 1):
+            # A coordinate within h of a kink is measured again with a 10x smaller step:
+            # a kink at distance d stays in the way only while d < h.
+            if not kink.any():
+                break
+            again = np.flatnonzero(kink)
+            num[again], kink[again] = numerical_gradient(f, arr, dy, idx[again], h=h / 10 ** retry,
+                                                         kink_tol=kink_tol)
         a = grad.reshape(-1)[idx]
         keep = ~kink
         err = relative_error(a[keep], num[keep]) if keep.any() else float("nan")
@@ -211,6 +295,6 @@ def check_loss(loss, logits, labels, *, h=1e-5, max_coords=64, seed=0):
     num, kink = numerical_gradient(f, logits, one, idx, h=h)
     report = GradcheckReport()
     keep = ~kink
-    report.results.append(ArrayResult("logits", tuple(logits.shape), int(keep.sum()), int(kink.sum()),
-                                      relative_error(g.reshape(-1)[idx][keep], num[keep])))
+    err = relative_error(g.reshape(-1)[idx][keep], num[keep]) if keep.any() else float("nan")
+    report.results.append(ArrayResult("logits", tuple(logits.shape), int(keep.sum()), int(kink.sum()), err))
     return report

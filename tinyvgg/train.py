@@ -307,9 +307,10 @@ def prepare_data(cfg, classes=None):
         raise ValueError(f"--scale {cfg.scale} is smaller than the {size} x {size} crop "
                          f"(--input-size{'' if cfg.input_size else ', from the image size'}): "
                          f"give --scale of at least {size}, or a smaller --input-size")
+    # Batches in the model's dtype (--dtype float64: computed in float64 too).
     train_tf = TrainTransform(size, mean, std, padding=cfg.crop_padding if scale is None else 0,
-                              scale=scale, flip=cfg.flip, pca=pca)
-    eval_tf = EvalTransform(size, mean, std, scale=scale)
+                              scale=scale, flip=cfg.flip, pca=pca, dtype=cfg.dtype)
+    eval_tf = EvalTransform(size, mean, std, scale=scale, dtype=cfg.dtype)
     return {"train": train_ds, "val": val_ds, "test": test, "train_transform": train_tf,
             "eval_transform": eval_tf, "mean": mean, "std": std, "classes": list(full.classes),
             "input_size": size, "test_split": test_split, "channels": _channels(train_ds)}
@@ -393,10 +394,13 @@ class Trainer:
         from .data import DataLoader
         n_train = len(d["train"])
         drop_last = cfg.batch_norm and n_train % cfg.batch_size == 1  # BN cannot take a batch of 1
+        dtype = self.model.dtype  # the batches go into the model: same dtype (--dtype, or a resumed checkpoint's)
         self.train_loader = DataLoader(d["train"], cfg.batch_size, d["train_transform"], shuffle=True,
-                                       seed=cfg.seed, drop_last=drop_last)
-        self.val_loader = DataLoader(d["val"], cfg.eval_batch_size, d["eval_transform"], shuffle=False)
-        self.test_loader = DataLoader(d["test"], cfg.eval_batch_size, d["eval_transform"], shuffle=False)
+                                       seed=cfg.seed, drop_last=drop_last, dtype=dtype)
+        self.val_loader = DataLoader(d["val"], cfg.eval_batch_size, d["eval_transform"], shuffle=False,
+                                     dtype=dtype)
+        self.test_loader = DataLoader(d["test"], cfg.eval_batch_size, d["eval_transform"], shuffle=False,
+                                      dtype=dtype)
         self.optimizer = SGD(self.model, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                              nesterov=cfg.nesterov, decay_bias_and_norm=cfg.decay_bias_and_norm)
         self.schedule = make_schedule(cfg.schedule, self.optimizer, epochs=cfg.epochs,

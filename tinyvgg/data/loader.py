@@ -6,8 +6,9 @@ N : images in the dataset
 B : batch size (the last batch may be smaller unless drop_last)
 C, H, W : channels, height, width of the transformed images
 
-Iterating a :class:`DataLoader` yields ``(x, y)``: ``x`` float32 (B, C, H, W)
-and ``y`` int64 (B,), both on the current device (each moved once per batch
+Iterating a :class:`DataLoader` yields ``(x, y)``: ``x`` (B, C, H, W) in the
+loader's ``dtype`` (float32 by default; the model's, float64 for a float64
+model) and ``y`` int64 (B,), both on the current device (each moved once per batch
 with ``tinyvgg.backend.to_device``, in the iterating thread).
 
 Reproducibility: epoch e visits the images in the order
@@ -44,17 +45,20 @@ class DataLoader:
 
     dataset : Dataset (``images`` array or list, ``labels`` int64 (N,)).
     batch_size : int B.
-    transform : callable ``(images, rng) -> float32 (B, C, H, W)`` host array,
-        e.g. TrainTransform / EvalTransform; None converts to float32 only.
+    transform : callable ``(images, rng) -> float (B, C, H, W)`` host array,
+        e.g. TrainTransform / EvalTransform; None converts to float only.
     shuffle : a fresh seeded order each epoch (False: dataset order).
     seed : int, seeds the order and the transforms.
     drop_last : skip the final batch when it is smaller than B.
     prefetch : batches prepared ahead in a background thread; 0 prepares each
         batch synchronously when it is requested.
+    dtype : float32 or float64, the dtype of the batches (give the model's); a
+        transform returning another float dtype is converted, a non-float one
+        raises TypeError.
     """
 
     def __init__(self, dataset, batch_size, transform=None, shuffle=True, seed=0,
-                 drop_last=False, prefetch=2):
+                 drop_last=False, prefetch=2, dtype=np.float32):
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if int(prefetch) != prefetch or prefetch < 0:
@@ -66,6 +70,9 @@ class DataLoader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.prefetch = int(prefetch)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"DataLoader: dtype must be float32 or float64 (the model's), got {self.dtype}")
         self.epoch = 0
 
     def __len__(self):
@@ -86,7 +93,7 @@ class DataLoader:
         return np.random.default_rng((self.seed, int(epoch))).permutation(n)
 
     def _batch(self, order, epoch, b):
-        """Host ``(x float32 (B, C, H, W), y int64 (B,))`` for batch ``b``."""
+        """Host ``(x (B, C, H, W) in self.dtype, y int64 (B,))`` for batch ``b``."""
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]
         images = self.dataset.images
         if isinstance(images, np.ndarray):
@@ -95,9 +102,9 @@ class DataLoader:
             imgs = [images[i] for i in idx]
         y = np.asarray(self.dataset.labels[idx], np.int64)
         x = self.transform(imgs, rng=np.random.default_rng((self.seed, epoch, b)))
-        if x.dtype != np.float32:
-            raise TypeError(f"DataLoader: transform returned {x.dtype}, expected float32")
-        return x, y
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"DataLoader: transform returned {x.dtype}, expected a float array")
+        return np.ascontiguousarray(x, dtype=self.dtype), y
 
     def __iter__(self):
         epoch = self.epoch

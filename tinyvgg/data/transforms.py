@@ -10,7 +10,8 @@ S : training scale, the shorter image side after isotropic rescaling; fixed, or
 size : the network's input side (224 in the paper, 32 for CIFAR-10)
 
 Images arrive as uint8 (H, W, C) arrays (channels last, as stored); batches
-leave as float32 (N, C, H, W) (channels first, as the layers expect).
+leave as float32 (N, C, H, W) (channels first, as the layers expect), or in the
+``dtype`` the transform was built with (float64 for a float64 model).
 
 The paper's pipeline (and AlexNet's, which it follows):
 
@@ -172,24 +173,32 @@ def rescale(image, shorter_side):
     return out[..., None] if c == 1 else out
 
 
-def to_float_nchw(batch, mean=None, std=None):
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W), minus ``mean`` (C,) and divided
-    by ``std`` (C,) when given (both in [0, 255] units; scalars allowed)."""
+def to_float_nchw(batch, mean=None, std=None, dtype=np.float32):
+    """uint8 (N, H, W, C) -> ``dtype`` (float32 or float64) (N, C, H, W), minus ``mean``
+    (C,) and divided by ``std`` (C,) when given (both in [0, 255] units; scalars
+    allowed), computed in ``dtype``."""
     xp = backend.get_array_module(batch)
     if batch.ndim != 4:
         raise ValueError(f"to_float_nchw: expected a batch (N, H, W, C), got shape {batch.shape}")
-    x = batch.astype(xp.float32)
+    x = batch.astype(dtype)
     if mean is not None:
-        x -= _channel_vector(xp, mean, x.shape[-1], "mean")
+        x -= _channel_vector(xp, mean, x.shape[-1], "mean", x.dtype)
     if std is not None:
-        x /= _channel_vector(xp, std, x.shape[-1], "std")
+        x /= _channel_vector(xp, std, x.shape[-1], "std", x.dtype)
     return xp.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def _channel_vector(xp, v, c, what):
-    v = np.asarray(backend.to_host(v) if backend.is_device_array(v) else v, np.float32)
+def _float_dtype(dtype, what):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"{what}: dtype must be float32 or float64 (the model's), got {dtype}")
+    return dtype
+
+
+def _channel_vector(xp, v, c, what, dtype=np.float32):
+    v = np.asarray(backend.to_host(v) if backend.is_device_array(v) else v, dtype)
     if v.ndim == 0:
-        v = np.full(c, v, np.float32)
+        v = np.full(c, v, dtype)
     if v.shape != (c,):
         raise ValueError(f"{what} must be a scalar or have shape ({c},), got {v.shape}")
     return v if xp is np else backend.to_device(v)
@@ -334,7 +343,7 @@ def _check_scale(scale, size, what):
 
 
 class TrainTransform:
-    """Training augmentation: list/array of uint8 (H, W, C) -> float32 (N, C, size, size).
+    """Training augmentation: list/array of uint8 (H, W, C) -> ``dtype`` (N, C, size, size).
 
     size : int, the network input side.
     mean, std : (C,) in [0, 255] units (``compute_mean_std``); std None: no division.
@@ -347,6 +356,8 @@ class TrainTransform:
     flip : bool, random horizontal flips.
     pca : None or (eigvals, eigvecs) from ``compute_pca``; ``pca_std`` is the
         standard deviation of the alphas (0.1 in AlexNet).
+    dtype : float32 (default) or float64, the model's; the batch is computed in it.
+        Other dtypes raise ValueError.
 
     Without ``scale``: images smaller than ``size`` are padded centred to
     ``size`` (e.g. 28 -> 32 adds 2 on each side), then padded by ``padding`` and
@@ -354,8 +365,9 @@ class TrainTransform:
     """
 
     def __init__(self, size, mean, std=None, padding=None, scale=None, flip=True, pca=None,
-                 pca_std=0.1):
+                 pca_std=0.1, dtype=np.float32):
         self.size = _pair(size)
+        self.dtype = _float_dtype(dtype, "TrainTransform")
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
         self.padding = int(padding or 0)
@@ -388,19 +400,19 @@ class TrainTransform:
             batch = self._rescale_and_crop(images, rng)
         else:
             batch = _stack(images, "TrainTransform")
-        x = to_float_nchw(batch, self.mean)
+        x = to_float_nchw(batch, self.mean, dtype=self.dtype)
         if self.pca is not None:
             x = pca_color_shift(x, *self.pca, std=self.pca_std, rng=rng)
         if self.std is not None:
             x /= _channel_vector(backend.get_array_module(x), self.std, x.shape[1],
-                                 "std")[:, None, None]
+                                 "std", self.dtype)[:, None, None]
         if self.scale is None:
             x = center_pad(x, self.size)
             if x.shape[2:] != self.size or self.padding:
                 x = random_crop(x, self.size, self.padding, rng)
         if self.flip:
             x = random_flip(x, rng)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=self.dtype)
 
     def __repr__(self):
         return (f"TrainTransform(size={self.size}, padding={self.padding}, scale={self.scale}, "
@@ -408,17 +420,19 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Evaluation: list/array of uint8 (H, W, C) -> float32 (N, C, size, size).
+    """Evaluation: list/array of uint8 (H, W, C) -> ``dtype`` (N, C, size, size).
 
     scale : None, Q or (S_min, S_max). When given, each image is rescaled so its
         shorter side is Q (for a range, Q = (S_min + S_max) // 2, the paper's
         single-scale test setting) and centre-cropped. When None, images smaller
         than ``size`` are padded centred (28 -> 32: 2 zeros each side, after mean
         subtraction) and larger ones centre-cropped.
+    dtype : float32 (default) or float64, the model's (ValueError otherwise).
     """
 
-    def __init__(self, size, mean, std=None, scale=None):
+    def __init__(self, size, mean, std=None, scale=None, dtype=np.float32):
         self.size = _pair(size)
+        self.dtype = _float_dtype(dtype, "EvalTransform")
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
         sc = _check_scale(scale, size, "EvalTransform")
@@ -436,10 +450,10 @@ class EvalTransform:
             batch = np.stack(out)
         else:
             batch = _stack(images, "EvalTransform")
-        x = to_float_nchw(batch, self.mean, self.std)
+        x = to_float_nchw(batch, self.mean, self.std, dtype=self.dtype)
         x = center_pad(x, self.size)
         x = center_crop(x, self.size)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=self.dtype)
 
     def __repr__(self):
         return f"EvalTransform(size={self.size}, scale={self.scale})"
