@@ -85,3 +85,23 @@ def test_flip_tta_averages_the_posteriors_of_image_and_mirror():
     assert res["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(10), labels])), rel=1e-5)
     plain = evaluate(model, loader)
     assert plain["loss"] != pytest.approx(res["loss"])  # the mirror image changed something
+
+
+def test_resume_with_a_new_length_says_the_schedule_is_redrawn(tmp_path, capsys):
+    from PIL import Image
+    from tinyvgg.cli import main
+
+    r = np.random.default_rng(0)
+    for k in range(2):
+        (tmp_path / "data" / f"c{k}").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(r.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{k}" / f"{i}.png")
+    run = str(tmp_path / "run")
+    common = ["--no-progress", "--out", run]
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+                 "--batch-size", "4", "--width", "0.0625", "--hidden", "16", "--batch-norm", "--val-size", "4",
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", run, "--epochs", "2", *common]) == 0
+    err = capsys.readouterr().err
+    assert "the onecycle schedule is redrawn over 2 epochs" in err and "planned for 1" in err

@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -654,6 +655,12 @@ def resume_config(cfg, resume):
                          f"run with --init-from {path} (fine-tuning; the last layer is replaced when "
                          f"the number of classes differs)")
     saved = dict(state.meta["train_config"])
+    if saved.get("epochs") != cfg.epochs and saved.get("schedule") in ("onecycle", "cosine", "step"):
+        # These schedules are drawn over the whole run: a new length redraws them.
+        print(f"note: --resume with --epochs {cfg.epochs} (the run was planned for {saved.get('epochs')}): "
+              f"the {saved['schedule']} schedule is redrawn over {cfg.epochs} epochs, so the learning rate "
+              f"continues from where the new curve stands at this step, not from the last rate used",
+              file=sys.stderr)
     # The saved settings win, except those that only say how long or where to run.
     for key in ("epochs", "progress", "device", "log_every", "out"):
         saved[key] = getattr(cfg, key)
