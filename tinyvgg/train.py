@@ -359,7 +359,7 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------
     def setup(self, resume_state=None):
-        from .models import vgg
+        from .models import hidden_width, vgg
         from .optim import SGD, make_schedule
 
         if resume_state is None:
@@ -380,7 +380,7 @@ class Trainer:
             if len(d[part]) == 0:
                 raise ValueError(f"the {part} set is empty; check {fix}")
         self.num_classes = len(d["classes"])
-        hidden = cfg.hidden or max(16, int(round(4096 * cfg.width)))
+        hidden = cfg.hidden or hidden_width(cfg.width)
         if resume_state is not None:
             self.model = resume_state.model.to(cfg.device)
         else:
