@@ -392,9 +392,20 @@ def test_train_val_split():
     np.testing.assert_array_equal(va2.labels, va.labels)
     _, va3 = train_val_split(ds, 20, seed=4)
     assert va3.labels.tolist() != va.labels.tolist()
-    for bad in (1.5, 0.0, 100, -1, "10"):
+    for bad in (1.5, 0.0, 100, -1, "10", True):
         with pytest.raises(ValueError):
             train_val_split(ds, bad)
+    # a config's whole float is a count; --limit first draws a stratified sample
+    _, va4 = train_val_split(ds, 20.0, seed=3)
+    np.testing.assert_array_equal(va4.labels, va.labels)
+    lab = Dataset(np.zeros((n, 2, 2, 1), np.uint8), np.arange(n) % 4, list("abcd"), "four")
+    tr5, va5 = train_val_split(lab, 0.25, seed=1, limit=40)
+    assert (len(tr5), len(va5)) == (30, 10)
+    kept = np.sort(np.concatenate([tr5.labels, va5.labels]))
+    np.testing.assert_array_equal(kept, np.repeat(np.arange(4), 10))  # class proportions kept
+    assert sorted(np.bincount(va5.labels)) == [2, 2, 3, 3]
+    with pytest.raises(ValueError, match="BatchNorm needs batches of 2"):
+        train_val_split(ds, 99, batch_norm=True)
 
 
 # ---------------------------------------------------------------- transforms

@@ -668,7 +668,7 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
 
     split : None (the default), "test", "val", "train" or "all".
         "val" is the validation set held out by the training run (``train_config``'s
-        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.train.draw_train_val`
+        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.data.train_val_split`
         as training drew it) from the training split of ``data_dir``. "train" and
         "all" are every image of the training split / folder; "test" is the test split.
         A class folder without train/val/test sub-folders is evaluated whole for
@@ -680,8 +680,7 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     their native sizes. Returns ``(dataset, split_used, description)``: the description
     names the images used (folder, split, how they were drawn).
     """
-    from .data import load_dataset
-    from .train import draw_train_val
+    from .data import load_dataset, train_val_split
 
     tc = dict(train_config or {})
     name = str(name)
@@ -699,10 +698,9 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     def held_out(why=""):
         limit, seed = tc.get("limit"), int(tc.get("seed", 0))
         vs = tc.get("val_size", 0.1)
-        vs = vs if vs < 1 else int(vs)
         # Checkpoints saved before stratified sampling drew their split by a shuffle.
-        sampling = tc.get("sampling", "shuffle")
-        val = draw_train_val(load("train"), limit, vs, seed, sampling)[1]
+        stratify = tc.get("sampling", "shuffle") != "shuffle"
+        val = train_val_split(load("train"), vs, seed, stratify, limit)[1]
         return val, "val", (f"the {len(val)} validation images the training run held out of "
                             f"{where} (training split; val_size {vs:g}, seed {seed}"
                             f"{f', limit {limit}' if limit is not None else ''}){why}")
