@@ -467,6 +467,12 @@ def fusion_table(posts, labels):
     return rows
 
 
+def _claim(claim, rows, sep):
+    """A claim from ``[(numbers, verdict)]`` rows, one per model or fusion."""
+    return {"claim": claim, "numbers": "; ".join(n for n, _ in rows),
+            "verdict": sep.join(v for _, v in rows)}
+
+
 def judge_claims(results, posts, labels, fusion):
     """Each claim of the paper with the numbers of this run and a verdict (2 SE rule)."""
     claims = []
@@ -532,27 +538,21 @@ def judge_claims(results, posts, labels, fusion):
                    "verdict": f"better for {better} of {len(gains)} models, significantly for "
                               f"{sig}, significantly worse for {worse}"})
     # 6. Dense and multi-crop are complementary.
-    parts, verdicts = [], []
-    for r in TABLE5_RUNS:
+    def complementary(r):
         best = min(("dense", "multi-crop"), key=lambda p: err(r, p))
         d, se = diff(r, r, best, "dense+multi-crop")
-        parts.append(f"{r}: dense {err(r, 'dense'):.1f} %, multi-crop "
-                     f"{err(r, 'multi-crop'):.1f} %, combined {err(r, 'dense+multi-crop'):.1f} % "
-                     f"(best single method - combined = {d:+.1f} ± {se:.1f})")
-        verdicts.append(f"{r}: {verdict(d, se)}")
-    claims.append({"claim": "dense and multi-crop evaluation are complementary (their average "
-                            "beats both)", "numbers": "; ".join(parts),
-                   "verdict": ", ".join(verdicts)})
+        return (f"{r}: dense {err(r, 'dense'):.1f} %, multi-crop {err(r, 'multi-crop'):.1f} %, "
+                f"combined {err(r, 'dense+multi-crop'):.1f} % (best single method - combined = "
+                f"{d:+.1f} ± {se:.1f})", f"{r}: {verdict(d, se)}")
+
+    claims.append(_claim("dense and multi-crop evaluation are complementary (their average "
+                         "beats both)", [complementary(r) for r in TABLE5_RUNS], ", "))
     # 7. Fusion helps.
-    parts, verdicts = [], []
-    for f in fusion:
-        parts.append(f"{f['name']}: {f['top1_error']:.1f} % vs best member {f['best_member']} "
-                     f"{f['best_member_top1_error']:.1f} % ({f['gain_over_best']:+.1f} ± "
-                     f"{f['gain_se']:.1f})")
-        verdicts.append(f"{f['name']}: {verdict(f['gain_over_best'], f['gain_se'])}")
-    claims.append({"claim": "fusing several models (averaging their posteriors) beats the best "
-                            "single model", "numbers": "; ".join(parts),
-                   "verdict": "; ".join(verdicts)})
+    claims.append(_claim(
+        "fusing several models (averaging their posteriors) beats the best single model",
+        [(f"{f['name']}: {f['top1_error']:.1f} % vs best member {f['best_member']} "
+          f"{f['best_member_top1_error']:.1f} % ({f['gain_over_best']:+.1f} ± {f['gain_se']:.1f})",
+          f"{f['name']}: {verdict(f['gain_over_best'], f['gain_se'])}") for f in fusion], "; "))
     for c, key in zip(claims, CLAIM_KEYS):
         c["key"] = key
     return claims
