@@ -387,8 +387,9 @@ def target_line(what, measured, limit):
 def write_results(out_dir, name, payload, markdown):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    (out_dir / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    from tinyvgg.fileio import atomic_write_text  # the package's one atomic-write helper
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(out_dir / f"{name}.md", markdown.rstrip() + "\n")
     print(f"\nwrote {out_dir / (name + '.json')} and {out_dir / (name + '.md')}")
 
 

@@ -189,7 +189,8 @@ def worker(args):
                   "gradient_bytes": sum(int(p.size) * p.dtype.itemsize for p in model.parameters()),
                   "mpi_bandwidth_bytes_s": bw, "mpi_latency_s": lat,
                   "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
-        (out / "result.json").write_text(json.dumps(result))
+        from tinyvgg.fileio import atomic_write_text
+        atomic_write_text(out / "result.json", json.dumps(result))
     return 0
 
 

@@ -4,7 +4,8 @@
     python benchmarks/bench_train.py --quick     # smoke run: tiny networks, seconds
     python benchmarks/bench_train.py --device gpu
 
-Networks (the trainer's defaults: hidden = 4096 * width, dropout 0.5):
+Networks (hidden = :func:`tinyvgg.models.hidden_width`, 4096 * width, as the
+trainer and ``vgg()`` pick it; dropout 0.5):
 
 - VGG-11 at 32x32, batch 64, width 1 and width 1/4 (10 classes);
 - VGG-16 at 224x224, batch 8, width 1 (1000 classes).
@@ -27,6 +28,8 @@ from pathlib import Path
 import _common as C  # noqa: E402  (puts the repo root on sys.path)
 import numpy as np
 
+from tinyvgg.models import hidden_width  # noqa: E402  (the model's rule: 4096 * width, at least 16)
+
 TARGETS = {"vgg11-32-w1": 1.3, "vgg11-32-w0.25": 2.0}
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
@@ -40,10 +43,6 @@ def configs(quick):
     return [("vgg11-32-w1", "vgg11", 32, 1.0, 64, 10),
             ("vgg11-32-w0.25", "vgg11", 32, 0.25, 64, 10),
             ("vgg16-224-w1", "vgg16", 224, 1.0, 8, 1000)]
-
-
-def hidden_for(width):
-    return max(16, int(round(4096 * width)))  # as the trainer's default
 
 
 def make_batch(n, size, classes, seed=0):
@@ -60,7 +59,7 @@ def tinyvgg_step(name, size, width, batch, classes):
     from tinyvgg.models import vgg
     from tinyvgg.optim import SGD
     backend.seed(0)
-    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_for(width),
+    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_width(width),
                 dropout=0.5, init="he")
     opt = SGD(model, LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     loss_fn = SoftmaxCrossEntropy()
@@ -133,7 +132,7 @@ def profile_step(name, size, width, batch, classes, repeats=3):
         return C.accumulate_time(acc, key, fn)
 
     backend.seed(0)
-    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_for(width),
+    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_width(width),
                 dropout=0.5, init="he")
     for layer in model.layers:
         kind = type(layer).__name__
@@ -209,7 +208,7 @@ def main(argv=None):
                               pause=0 if args.quick else args.pause)
         med = {k: C.median(v) for k, v in times.items()}
         row = {"config": key, "model": name, "input_size": size, "width": width, "batch": batch,
-               "classes": classes, "hidden": hidden_for(width), "params": model.num_params(),
+               "classes": classes, "hidden": hidden_width(width), "params": model.num_params(),
                "torch_params": nparams_torch, "repeats": len(times["tinyvgg"]),
                "tinyvgg_step_s": med["tinyvgg"],
                # PyTorch at its best: the faster of its default threads and one thread

@@ -392,9 +392,20 @@ def test_train_val_split():
     np.testing.assert_array_equal(va2.labels, va.labels)
     _, va3 = train_val_split(ds, 20, seed=4)
     assert va3.labels.tolist() != va.labels.tolist()
-    for bad in (1.5, 0.0, 100, -1, "10"):
+    for bad in (1.5, 0.0, 100, -1, "10", True):
         with pytest.raises(ValueError):
             train_val_split(ds, bad)
+    # a config's whole float is a count; --limit first draws a stratified sample
+    _, va4 = train_val_split(ds, 20.0, seed=3)
+    np.testing.assert_array_equal(va4.labels, va.labels)
+    lab = Dataset(np.zeros((n, 2, 2, 1), np.uint8), np.arange(n) % 4, list("abcd"), "four")
+    tr5, va5 = train_val_split(lab, 0.25, seed=1, limit=40)
+    assert (len(tr5), len(va5)) == (30, 10)
+    kept = np.sort(np.concatenate([tr5.labels, va5.labels]))
+    np.testing.assert_array_equal(kept, np.repeat(np.arange(4), 10))  # class proportions kept
+    assert sorted(np.bincount(va5.labels)) == [2, 2, 3, 3]
+    with pytest.raises(ValueError, match="BatchNorm needs batches of 2"):
+        train_val_split(ds, 99, batch_norm=True)
 
 
 # ---------------------------------------------------------------- transforms
@@ -665,3 +676,32 @@ def test_system_fashion_mnist_if_installed():
     ds = load_fashion_mnist(d, split="test", download=False)
     assert ds.images.shape == (10000, 28, 28, 1)
     np.testing.assert_array_equal(np.bincount(ds.labels), [1000] * 10)
+
+
+def test_one_single_test_scale_and_one_preprocessing():
+    """EvalTransform (validation in training) and the test protocols share the rule
+    for the single test scale Q and the step from uint8 images to network input."""
+    from tinyvgg import evaluate_protocols as ep
+    from tinyvgg.data.transforms import single_test_scale, to_network_input
+    for scale in (40, (32, 48), (256, 512), (33, 34)):
+        q = EvalTransform(32, None, scale=scale).scale
+        assert q == single_test_scale(scale) == ep.test_scales(scale, multi=False)[0]
+    assert single_test_scale((33, 34)) == 33 and single_test_scale([256, 512]) == 384
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (2, 28, 28, 1), dtype=np.uint8)
+    x = to_network_input(gray, [100.0], [50.0], 32, channels=3)
+    assert x.shape == (2, 3, 32, 32) and x.dtype == np.float32
+    inner = (gray[..., 0].astype(np.float32) - 100) / 50
+    for c in range(3):
+        np.testing.assert_allclose(x[:, c, 2:30, 2:30], inner, rtol=1e-6)
+    assert not x[:, :, :2].any() and not x[:, :, :, 30:].any()  # the mean colour around
+    # a 3-value mean: the gray image is repeated first, then normalised per channel
+    y = to_network_input(gray, [10.0, 20.0, 30.0], None, None, channels=3)
+    np.testing.assert_array_equal(y[:, 1], gray[..., 0] - 20.0)
+    with pytest.raises(ValueError, match="takes 1 channel"):
+        to_network_input(rng.integers(0, 256, (1, 4, 4, 3), dtype=np.uint8), channels=1)
+    # EvalTransform is to_network_input then the central crop
+    imgs = rng.integers(0, 256, (3, 36, 40, 3), dtype=np.uint8)
+    ev = EvalTransform(32, [1.0, 2.0, 3.0], [2.0, 2.0, 2.0])(imgs)
+    np.testing.assert_array_equal(ev, to_network_input(imgs, [1.0, 2.0, 3.0], [2.0, 2.0, 2.0])[
+        :, :, 2:34, 4:36])

@@ -277,6 +277,14 @@ def test_topk_accuracy():
     assert ep.topk_accuracy(p, [2, 1], 1) == 0.0
     assert ep.topk_accuracy(p, [2, 1], 2) == 1.0
     assert ep.topk_accuracy(p, [2, 1], 5) == 1.0
+    assert ep.topk_accuracy(p, [1, 0], 1) == 1.0
+    # the same count as training's and evaluate()'s, on many random rows
+    from tinyvgg.evaluate import topk_correct
+    r = np.random.default_rng(0)
+    q, y = r.random((200, 10)), r.integers(0, 10, 200)
+    for k in (1, 3, 5):
+        rank = (q > q[np.arange(200), y][:, None]).sum(axis=1)  # classes scored higher
+        assert ep.topk_accuracy(q, y, k) == np.mean(rank < k) == int(topk_correct(q, y, k)) / 200
 
 
 # -- checkpoints and the command line ----------------------------------------------

@@ -269,7 +269,6 @@ def test_doctor_short_run_on_class_folders_is_balanced_and_healthy(tmp_path, mon
 # -- runs saved before stratified sampling, and resumed runs -------------------------------------
 
 def test_old_checkpoints_rebuild_their_shuffled_hold_out(tmp_path, seen_by_evaluate):
-    from tinyvgg.train import draw_train_val
     train = write_classes(tmp_path / "train", {"cat": 10, "dog": 10})
     ck = save_checkpoint(tmp_path / "ck.npz", train, ["cat", "dog"], limit=12)
     state = checkpoint.load(ck)
@@ -277,7 +276,7 @@ def test_old_checkpoints_rebuild_their_shuffled_hold_out(tmp_path, seen_by_evalu
     checkpoint.save(ck, state.model, None, **state.meta)
     assert main(["evaluate", ck, "--split", "val"]) == 0
     full = load_image_folder(train, size=32)
-    _, old = draw_train_val(full, 12, 0.25, 0, "shuffle")
+    _, old = train_val_split(full, 0.25, 0, stratify=False, limit=12)
     assert seen_by_evaluate["ds"].paths == old.paths
     # what a resumed run rebuilds its config with (resume_config goes through from_dict)
     assert TrainConfig.from_dict(checkpoint.load(ck).meta["train_config"]).sampling == "shuffle"

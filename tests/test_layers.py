@@ -124,12 +124,12 @@ def test_dropout_is_inverted_and_identity_at_test_time():
 
 def test_dropout_extremes_and_reproducibility():
     x = np.ones((3, 4), np.float32)
-    assert np.all(L.Dropout(1.0).forward(x) == 0)
-    np.testing.assert_array_equal(L.Dropout(0.0).forward(x), x)
+    assert np.all(L.Dropout(1.0).forward(x, train=True) == 0)
+    np.testing.assert_array_equal(L.Dropout(0.0).forward(x, train=True), x)
     backend.seed(3)
-    a = L.Dropout(0.5).forward(np.ones((50, 50), np.float32))
+    a = L.Dropout(0.5).forward(np.ones((50, 50), np.float32), train=True)
     backend.seed(3)
-    b = L.Dropout(0.5).forward(np.ones((50, 50), np.float32))
+    b = L.Dropout(0.5).forward(np.ones((50, 50), np.float32), train=True)
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="probability"):
         L.Dropout(1.5)
@@ -178,8 +178,24 @@ def test_batchnorm_train_and_eval_semantics():
 
 def test_batchnorm1d_statistics_per_feature():
     x = np.random.default_rng(1).standard_normal((10, 4)) * [1, 2, 3, 4]
-    y = L.BatchNorm1d(4, dtype=F64).forward(x)
+    y = L.BatchNorm1d(4, dtype=F64).forward(x, train=True)
     np.testing.assert_allclose(y.std(axis=0), 1, rtol=1e-3)
+
+
+def test_layers_and_models_default_to_evaluation_mode():
+    """``train`` defaults to False everywhere: a layer, a model and calling either."""
+    import inspect
+
+    from tinyvgg.models import vgg
+    model = vgg("A", width=1 / 16, input_size=32, hidden=16, num_classes=3)
+    for f in [model.forward, model.__call__, model.to_fully_convolutional().forward] + \
+            [getattr(layer, m) for layer in model.layers for m in ("forward", "__call__")]:
+        assert inspect.signature(f).parameters["train"].default is False, f
+    x = np.ones((50, 50), np.float32)
+    assert L.Dropout(0.5).forward(x) is x  # the identity, as at test time
+    bn = L.BatchNorm1d(50)
+    bn.forward(x)
+    assert bn.num_batches_tracked == 0 and not bn.buffers["running_mean"].any()
 
 
 # --- errors -------------------------------------------------------------------
@@ -199,7 +215,7 @@ def test_batchnorm1d_statistics_per_feature():
 ])
 def test_bad_input_is_a_clear_error(layer, x, pattern):
     with pytest.raises(ValueError, match=pattern):
-        layer.forward(x)
+        layer.forward(x, train=True)
 
 
 @pytest.mark.parametrize("make", [lambda: L.Conv2d(1, 1, 3), lambda: L.MaxPool2d(), L.ReLU,

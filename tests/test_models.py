@@ -34,7 +34,7 @@ def convs(model):
 @pytest.fixture(scope="module")
 def full_a():
     backend.seed(0)
-    m = vgg("vgg11")
+    m = vgg("vgg11", init="paper")  # the layer constructors' draw is the paper's: no second one
     yield m
     del m
 
@@ -46,6 +46,21 @@ def full_a():
 def test_parameter_counts_table2(letter, bn):
     expected = TABLE2[letter] + (BN_EXTRA[letter] if bn else 0)
     assert count_params(letter, batch_norm=bn) == expected
+
+
+def test_hidden_width_and_init_defaults_are_the_command_lines():
+    """``vgg(name, width=w)`` builds the network ``train --width w`` builds: hidden
+    = hidden_width(w) = max(16, round(4096 w)) and Glorot's initialisation."""
+    from tinyvgg.cli import _config_from_args, build_parser
+    from tinyvgg.models import DEFAULT_INIT, hidden_width
+    assert [hidden_width(w) for w in (1, 0.25, 1 / 16, 1 / 1024)] == [4096, 1024, 256, 16]
+    m = vgg("vgg11", width=1 / 16, input_size=32, num_classes=10)
+    assert m.config["hidden"] == 256 and m.config["init"] == DEFAULT_INIT == "glorot"
+    assert m.num_params() == count_params("vgg11", width=1 / 16, input_size=32, num_classes=10) \
+        == count_params("vgg11", width=1 / 16, input_size=32, num_classes=10, hidden=256)
+    cfg = _config_from_args(build_parser().parse_args(["train", "--width", "0.0625"]))
+    assert cfg.hidden is None and cfg.init == DEFAULT_INIT  # the trainer then asks hidden_width
+    assert vgg("vgg11", width=1 / 16, input_size=32, init="paper").config["init"] == "paper"
 
 
 def test_parameter_counts_with_bn_known_values():

@@ -1,7 +1,7 @@
-"""benchmarks/paper_tables.py: the whole study pipeline in --quick mode (< 2 min), and its
-pieces (rules, statistics, the synthetic fallback dataset)."""
+"""experiments/paper_tables.py: the whole study pipeline in --quick mode (< 2 min), and its
+pieces: the study (experiments/paper_study.py: rules, statistics, the synthetic fallback
+dataset) and the report (experiments/paper_report.py: rendering)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,22 +12,37 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "paper_tables.py"
+EXPERIMENTS = REPO / "experiments"
+SCRIPT = EXPERIMENTS / "paper_tables.py"
+MODULES = ("paper_study", "paper_report", "paper_tables")
 
 
 @pytest.fixture(scope="module")
-def pt():
-    spec = importlib.util.spec_from_file_location("paper_tables", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["paper_tables"] = mod  # dataclasses look their module up while being built
+def experiment():
+    """(the study module, the report module), imported as the script imports them."""
+    sys.path.insert(0, str(EXPERIMENTS))
     try:
-        spec.loader.exec_module(mod)
-        yield mod
+        import paper_report
+        import paper_study
+        import paper_tables  # noqa: F401  (the command imports both without a cycle)
+        yield paper_study, paper_report
     finally:
-        sys.modules.pop("paper_tables", None)
+        sys.path.remove(str(EXPERIMENTS))
+        for m in MODULES:
+            sys.modules.pop(m, None)
 
 
-def test_quick_runs_the_whole_pipeline(pt, tmp_path):
+@pytest.fixture(scope="module")
+def pt(experiment):
+    return experiment[0]
+
+
+@pytest.fixture(scope="module")
+def rp(experiment):
+    return experiment[1]
+
+
+def test_quick_runs_the_whole_pipeline(pt, rp, tmp_path):
     out = tmp_path / "quick"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--longer", "2", "--out", str(out)],
@@ -62,7 +77,7 @@ def test_quick_runs_the_whole_pipeline(pt, tmp_path):
     for c in study["claims"]:
         c["verdict"] = "supported"
     study["claims"][1]["verdict"] = "contradicted; not monotone"
-    text = pt.render(report)
+    text = rp.render(report)
     assert text.count("*Likely reason:*") == 1
     claims_block = text.split("## Do the paper's findings hold here?")[1].split("\n2. ")[1]
     assert claims_block.split("\n3. ")[0].count("*Likely reason:*") == 1
@@ -123,31 +138,31 @@ def test_synthetic_quick_dataset_when_shared_data_is_missing(pt, tmp_path, monke
     ("better for 8 of 8 models, significantly for 8, significantly worse for 0", True),
     ("better for 6 of 8 models, significantly for 2, significantly worse for 0", False),
 ])
-def test_a_compound_verdict_counts_as_supported_only_when_every_part_is(pt, verdict, ok):
-    assert pt._all_supported(verdict) is ok
+def test_a_compound_verdict_counts_as_supported_only_when_every_part_is(rp, verdict, ok):
+    assert rp._all_supported(verdict) is ok
 
 
-def test_load_note_says_whether_other_jobs_shared_the_cpu(pt):
-    assert "nothing else ran" in pt.load_note([0.1, 0.2, 0.3], [2.0, 1.5, 1.0])
-    assert "may be upper bounds" in pt.load_note([5.5, 6.0, 7.0])
-    assert pt.load_note(None) == "load average unknown"
+def test_load_note_says_whether_other_jobs_shared_the_cpu(rp):
+    assert "nothing else ran" in rp.load_note([0.1, 0.2, 0.3], [2.0, 1.5, 1.0])
+    assert "may be upper bounds" in rp.load_note([5.5, 6.0, 7.0])
+    assert rp.load_note(None) == "load average unknown"
 
 
-def test_likely_reason_follows_the_measured_training_errors(pt):
+def test_likely_reason_follows_the_measured_training_errors(pt, rp):
     st = dict(epochs=8, n_train=12000, width=0.125)
-    slower = pt.likely_reason("depth", st, {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0})
+    slower = rp.likely_reason("depth", st, {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0})
     assert "converge more slowly" in slower and "E 40 %" in slower
-    fits = pt.likely_reason("depth", st, {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0})
+    fits = rp.likely_reason("depth", st, {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0})
     assert "as well or better" in fits and "converge more slowly" not in fits
     for key in pt.CLAIM_KEYS:
-        assert pt.likely_reason(key, st, {}).endswith(".")
+        assert rp.likely_reason(key, st, {}).endswith(".")
 
 
-def test_depth_trend_names_the_direction(pt):
-    assert "towards the paper" in pt.depth_trend(15.0, 1.5, 5.0, 1.5)
-    assert "now better" in pt.depth_trend(15.0, 1.5, -5.0, 1.5)
-    assert "away from the paper" in pt.depth_trend(5.0, 1.5, 15.0, 1.5)
-    assert pt.depth_trend(15.0, 1.5, 14.0, 1.5) == "the gap barely changes"
+def test_depth_trend_names_the_direction(rp):
+    assert "towards the paper" in rp.depth_trend(15.0, 1.5, 5.0, 1.5)
+    assert "now better" in rp.depth_trend(15.0, 1.5, -5.0, 1.5)
+    assert "away from the paper" in rp.depth_trend(5.0, 1.5, 15.0, 1.5)
+    assert rp.depth_trend(15.0, 1.5, 14.0, 1.5) == "the gap barely changes"
 
 
 def _photo_folder(root, n_classes):
@@ -174,7 +189,7 @@ def test_imagenet_labels_place_the_sample_classes(pt, tmp_path):
     assert pt.imagenet_labels(_photo_folder(tmp_path / "few", 3)) is None
 
 
-def test_imagenet_demo_shapes_with_random_weights(pt, tmp_path):
+def test_imagenet_demo_shapes_with_random_weights(pt, rp, tmp_path):
     d = pt.imagenet_demo(_photo_folder(tmp_path / "photos", 3), n_images=2, width=1 / 16,
                          log=lambda m: None)
     rows = {r["mode"]: r for r in d["images"]}
@@ -186,11 +201,11 @@ def test_imagenet_demo_shapes_with_random_weights(pt, tmp_path):
     assert gray["dense"][0]["input"] == [1, 3, 384, 256] and gray["dense"][0]["score_map"] == \
         [1, 1000, 6, 2]
     assert rgb["multi_crop"]["positions"] == 25 and rgb["posterior_shape"] == [1, 1000]
-    assert "random weights" in pt.render({"imagenet_demo": dict(d, command="c", machine="m",
+    assert "random weights" in rp.render({"imagenet_demo": dict(d, command="c", machine="m",
                                                                date="d", load_average=None)})
 
 
-def test_imagenet_demo_with_a_checkpoint_reports_each_methods_error(pt, tmp_path):
+def test_imagenet_demo_with_a_checkpoint_reports_each_methods_error(pt, rp, tmp_path):
     from tinyvgg import checkpoint
     from tinyvgg.models import vgg
     model = vgg("vgg16", num_classes=1000, input_size=224, width=1 / 16, hidden=32)
@@ -207,7 +222,7 @@ def test_imagenet_demo_with_a_checkpoint_reports_each_methods_error(pt, tmp_path
         top1 = 100 * np.mean([r["top5"][m][0] != r["label"] for r in d["images"]])
         assert d["errors"][m]["top1_error"] == pytest.approx(top1)
         assert 0 <= d["errors"][m]["top5_error"] <= d["errors"][m]["top1_error"]
-    text = pt.render({"imagenet_demo": dict(d, command="c", machine="m", date="d",
+    text = rp.render({"imagenet_demo": dict(d, command="c", machine="m", date="d",
                                             load_average=None)})
     assert "| dense+multi-crop |" in text and "random weights" not in text
 
@@ -215,3 +230,11 @@ def test_imagenet_demo_with_a_checkpoint_reports_each_methods_error(pt, tmp_path
                                                         hidden=16))
     with pytest.raises(SystemExit, match="1000 classes"):
         pt.imagenet_demo(folder, n_images=1, log=lambda m: None, checkpoint=small)
+
+
+def test_the_committed_report_is_the_rendering_of_the_committed_json(rp):
+    """experiments/results/paper_tables.md is render(paper_tables.json): the report module
+    alone reproduces it, without training or evaluating anything."""
+    results = EXPERIMENTS / "results"
+    report = json.loads((results / "paper_tables.json").read_text())
+    assert rp.render(report) == (results / "paper_tables.md").read_text()

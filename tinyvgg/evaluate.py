@@ -19,7 +19,10 @@ __all__ = ["topk_correct", "evaluate", "predict_proba", "flip_posteriors", "conf
 
 
 def topk_correct(logits, labels, k):
-    """Number of rows whose label is among the ``k`` highest logits (a device scalar)."""
+    """Number of rows of ``logits`` (B, K) (or posteriors: any scores that rank the
+    classes) whose label (B,) is among the ``k`` highest (k > K counts as K), as a
+    device scalar. The package's one top-k: training, :func:`evaluate` and the test
+    protocols (:func:`tinyvgg.evaluate_protocols.topk_accuracy`) all count with it."""
     xp = backend.get_array_module(logits)
     k = min(k, logits.shape[1])
     if k == 1:

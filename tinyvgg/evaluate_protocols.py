@@ -10,7 +10,8 @@ training scale (fixed S, or [S_min, S_max] with scale jittering).
 Preprocessing (exactly the training pipeline's, :mod:`tinyvgg.data.transforms`)
 ------------------------------------------------------------------------------
 Each uint8 (H, W, C) image is rescaled with Pillow (bilinear) so its shorter side is Q
-(no resampling at all when it already is), turned into float32, minus the training
+(no resampling at all when it already is), then goes through the one preprocessing,
+:func:`tinyvgg.data.transforms.to_network_input`: turned into float32, minus the training
 mean and divided by the training std (the checkpoint's ``meta["mean"]``/``["std"]``,
 [0, 255] units), then padded centred with zeros -- the mean colour -- up to s x s when
 a side is shorter than s. So a 28 x 28 Fashion-MNIST image evaluated by a net trained
@@ -74,7 +75,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend
-from .data.transforms import rescale, to_float_nchw
+from .data.transforms import rescale, single_test_scale, to_network_input
+from .evaluate import topk_correct
 from .losses import softmax
 
 __all__ = [
@@ -219,7 +221,8 @@ def test_scales(S, jittered=None, input_size=224, multi=True):
 
     S : int (fixed scale) or (S_min, S_max) (jittered; ``jittered`` may say so too).
     multi : False -> the single-scale Q as a one-element list: [S] or
-        [(S_min + S_max) // 2]. True -> the multi-scale set: [S - d, S, S + d]
+        [(S_min + S_max) // 2] (:func:`tinyvgg.data.transforms.single_test_scale`,
+        the rule validation during training uses too). True -> the multi-scale set: [S - d, S, S + d]
         (d = :func:`paper_offset` (input_size)) or [S_min, (S_min + S_max) // 2, S_max].
 
     >>> test_scales(256), test_scales(384), test_scales((256, 512))
@@ -238,7 +241,7 @@ def test_scales(S, jittered=None, input_size=224, multi=True):
         if lo == hi and not jittered:
             S = lo
         else:
-            mid = (lo + hi) // 2
+            mid = single_test_scale((lo, hi))
             return [mid] if not multi else sorted({lo, mid, hi})
     elif jittered:
         raise ValueError(f"test_scales: a jittered scale needs (S_min, S_max), got {S!r}")
@@ -328,29 +331,10 @@ def grid_crops(image_hwc, crop, grid=5):
 
 
 def _to_input(batch, em):
-    """uint8 (n, H, W, C) -> float32 (n, channels, H', W'): normalised, channels matched,
-    padded centred to at least s x s."""
-    c = batch.shape[-1]
-    nmean = None if em.mean is None else len(em.mean)
-    if nmean is not None and nmean != c:
-        if c == 1 and nmean == 3:
-            batch = np.repeat(batch, 3, axis=-1)
-        else:
-            raise ValueError(f"{em.name}: the images have {c} channel(s) but the training mean "
-                             f"has {nmean} values")
-    x = to_float_nchw(batch, em.mean, em.std)
-    if x.shape[1] != em.channels:
-        if x.shape[1] == 1:
-            x = np.repeat(x, em.channels, axis=1)
-        else:
-            raise ValueError(f"{em.name}: the network takes {em.channels} channel(s), the "
-                             f"images have {x.shape[1]}")
-    s = em.input_size
-    h, w = x.shape[2:]
-    ph, pw = max(s - h, 0), max(s - w, 0)
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """uint8 (n, H, W, C) -> float32 (n, channels, H', W'): the training pipeline's
+    :func:`tinyvgg.data.transforms.to_network_input` with this model's statistics."""
+    return to_network_input(batch, em.mean, em.std, em.input_size, em.channels, np.float32,
+                            what=em.name)
 
 
 def prepare_images(images, Q, model):
@@ -541,12 +525,11 @@ def ensemble_posteriors(models, images, protocol, scales=None, batch_size=64):
 
 
 def topk_accuracy(posteriors, labels, k):
-    """Fraction of rows whose label is among the k largest posteriors."""
-    p = np.asarray(posteriors)
+    """Fraction of the N rows of ``posteriors`` (N, K) whose label (N,) is among the
+    ``k`` largest: :func:`tinyvgg.evaluate.topk_correct` (the one top-k) over N; NaN
+    for N = 0."""
     y = np.asarray(labels)
-    k = min(int(k), p.shape[1])
-    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
-    return float((top == y[:, None]).any(axis=1).mean()) if len(y) else float("nan")
+    return float(topk_correct(np.asarray(posteriors), y, int(k))) / len(y) if len(y) else float("nan")
 
 
 # ----------------------------------------------------------------------------------
@@ -668,7 +651,7 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
 
     split : None (the default), "test", "val", "train" or "all".
         "val" is the validation set held out by the training run (``train_config``'s
-        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.train.draw_train_val`
+        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.data.train_val_split`
         as training drew it) from the training split of ``data_dir``. "train" and
         "all" are every image of the training split / folder; "test" is the test split.
         A class folder without train/val/test sub-folders is evaluated whole for
@@ -680,8 +663,7 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     their native sizes. Returns ``(dataset, split_used, description)``: the description
     names the images used (folder, split, how they were drawn).
     """
-    from .data import load_dataset
-    from .train import draw_train_val
+    from .data import load_dataset, train_val_split
 
     tc = dict(train_config or {})
     name = str(name)
@@ -699,10 +681,9 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     def held_out(why=""):
         limit, seed = tc.get("limit"), int(tc.get("seed", 0))
         vs = tc.get("val_size", 0.1)
-        vs = vs if vs < 1 else int(vs)
         # Checkpoints saved before stratified sampling drew their split by a shuffle.
-        sampling = tc.get("sampling", "shuffle")
-        val = draw_train_val(load("train"), limit, vs, seed, sampling)[1]
+        stratify = tc.get("sampling", "shuffle") != "shuffle"
+        val = train_val_split(load("train"), vs, seed, stratify, limit)[1]
         return val, "val", (f"the {len(val)} validation images the training run held out of "
                             f"{where} (training split; val_size {vs:g}, seed {seed}"
                             f"{f', limit {limit}' if limit is not None else ''}){why}")

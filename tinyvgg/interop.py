@@ -321,7 +321,7 @@ def torch_to_tinyvgg(pth_path, out_npz, name=None, *, mean=None, std=None, resiz
                              f"{'_bn' if config['batch_norm'] else ''}, not a {name}")
     meta = dict(source=os.path.basename(pth_path), converted_from="torchvision")
     meta.update(_preprocessing(config, mean, std, resize))
-    model = vgg(**config)
+    model = vgg(**config, init=None)  # the loaded weights replace any draw: skip a second one
     model.load_state_dict(sd, strict=True)
     if config["num_classes"] == 1000:
         meta["classes"] = _imagenet_categories()

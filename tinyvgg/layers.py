@@ -8,8 +8,10 @@ OH = (H + 2*PH - KH) // SH + 1          OW = (W + 2*PW - KW) // SW + 1
 
 The contract every layer keeps
 ------------------------------
-- ``forward(x, train=True) -> y`` and ``backward(dy) -> dx``; ``backward`` uses
+- ``forward(x, train=False) -> y`` and ``backward(dy) -> dx``; ``backward`` uses
   what the last ``forward`` cached, and calling it before any forward is an error.
+  ``train`` defaults to False (evaluation: dropout off, BatchNorm on its running
+  statistics), as the model's ``forward``; the trainer passes ``train=True``.
 - Learnable arrays live in ``layer.params`` (``"weight"``, ``"bias"``); ``backward``
   writes their gradients into ``layer.grads`` under the same names and shapes,
   overwriting (never accumulating). BatchNorm's running statistics live in
@@ -60,13 +62,13 @@ class Layer:
         return ""
 
     # -- the two passes (subclasses implement) ------------------------------
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         raise NotImplementedError
 
     def backward(self, dy):
         raise NotImplementedError
 
-    def __call__(self, x, train=True):
+    def __call__(self, x, train=False):
         return self.forward(x, train=train)
 
     # -- helpers -------------------------------------------------------------
@@ -177,7 +179,7 @@ class Conv2d(Layer):
                 conv_output_size(h, self.kernel_size[0], self.stride[0], self.padding[0]),
                 conv_output_size(w, self.kernel_size[1], self.stride[1], self.padding[1]))
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x, ndim=4, channels=self.in_channels)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
@@ -228,7 +230,7 @@ class MaxPool2d(Layer):
         return (n, c, conv_output_size(h, self.kernel_size[0], self.stride[0], self.padding[0]),
                 conv_output_size(w, self.kernel_size[1], self.stride[1], self.padding[1]))
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x, ndim=4)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if kh > x.shape[2] + 2 * ph or kw > x.shape[3] + 2 * pw:
@@ -247,7 +249,7 @@ class MaxPool2d(Layer):
 class ReLU(Layer):
     """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0)."""
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x)
         xp = backend.get_array_module(x)
         mask = x > 0
@@ -279,7 +281,7 @@ class Dropout(Layer):
     def extra_repr(self):
         return f"p={self.p}"
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x)
         if not train or self.p == 0.0:
             self._cache = None
@@ -322,7 +324,7 @@ class Linear(Layer):
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}"
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x, ndim=2, channels=self.in_features, what="(N, in_features)")
         # ops.parallel.matmul: one single-threaded BLAS block per core; OpenBLAS's own
         # threads stall on these small products when the machine is busy.
@@ -344,7 +346,7 @@ class Linear(Layer):
 class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W), in C-order (so it matches PyTorch's ``flatten(1)``)."""
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x)
         if x.ndim < 2:
             raise ShapeError(f"Flatten(): expected an input with a batch axis, got shape {_shape(x)}")
@@ -398,7 +400,7 @@ class LocalResponseNorm(Layer):
     def extra_repr(self):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x)
         if x.ndim < 3:
             raise ShapeError(f"{self!r}: expected an input (N, C, ...) with at least 3 axes, got {_shape(x)}")
@@ -446,7 +448,7 @@ class _BatchNorm(Layer):
     def _bshape(self, x):
         return (1, self.num_features) + (1,) * (x.ndim - 2)
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False):
         self._check_input(x, ndim=self._ndim, channels=self.num_features, what=self._what)
         dt = x.dtype.type
         bshape = self._bshape(x)

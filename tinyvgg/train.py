@@ -39,7 +39,7 @@ from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
 
 __all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data",
-           "resume_config", "draw_train_val", "init_from_config"]
+           "resume_config", "init_from_config"]
 
 
 # The paper's recipe (section 3.1): batch 256, momentum 0.9, weight decay 5e-4 on every
@@ -209,43 +209,6 @@ def _scale_range(scale):
     return int(scale), int(scale)
 
 
-def draw_train_val(full, limit=None, val_size=0.1, seed=0, sampling="stratified", batch_norm=False):
-    """``(train, val)``: the training run's images, drawn from ``full`` exactly as
-    :func:`prepare_data` draws them (``evaluate --split val`` rebuilds them so).
-
-    limit : None, or keep a seeded sample of that many images first.
-    val_size : fraction in (0, 1) (rounded to whole images) or number of images.
-    sampling : "stratified" (:func:`tinyvgg.data.stratified_sample`) or "shuffle"
-        (the seeded permutation of runs saved before stratified sampling).
-    Raises ValueError naming --val-size / --limit with the numbers when either part
-    would be empty (or, with ``batch_norm``, hold a single image).
-    """
-    from .data import stratified_sample, train_val_split
-
-    stratified = sampling != "shuffle"
-    n_all = len(full)
-    if limit is not None and limit < n_all:
-        if stratified:
-            keep = stratified_sample(full.labels, int(limit), seed)
-        else:
-            keep = np.sort(np.random.default_rng(seed).permutation(n_all)[:int(limit)])
-        full = full.subset(keep)
-    n = len(full)
-    what = f"the {n} images" + (f" (--limit {limit} of {n_all})" if limit is not None else "")
-    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if n_val < 1:
-        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}: the validation set "
-                         f"would be empty; give a number of images (--val-size 1 or more) or a "
-                         f"larger fraction")
-    need = 2 if batch_norm else 1
-    if n - n_val < need:
-        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}, leaving "
-                         f"{n - n_val} for training; training needs at least {need}"
-                         f"{' (BatchNorm needs batches of 2)' if batch_norm else ''}: use a smaller "
-                         f"--val-size{' or a larger --limit' if limit is not None else ''}, or more images")
-    return train_val_split(full, n_val, seed=seed, stratify=stratified)
-
-
 def prepare_data(cfg, classes=None):
     """Load the training, validation and test sets and build their transforms.
 
@@ -263,7 +226,7 @@ def prepare_data(cfg, classes=None):
     ``test_split`` (which split the final test accuracy is computed on).
     """
     from .data import EvalTransform, TrainTransform, align_classes, compute_mean_std, compute_pca, \
-        load_dataset
+        load_dataset, train_val_split
 
     _check_options(cfg)
     name = cfg.dataset
@@ -288,9 +251,9 @@ def prepare_data(cfg, classes=None):
     if test is not None:
         # By class name: a test folder without some class keeps the others' labels.
         test = align_classes(test, full.classes, where=f"{cfg.data_dir or name} (test split)")
-    val_size = cfg.val_size if cfg.val_size < 1 else int(cfg.val_size)
-    train_ds, val_ds = draw_train_val(full, cfg.limit, val_size, cfg.seed, cfg.sampling,
-                                      cfg.batch_norm)
+    # The one split function: `evaluate --split val` rebuilds the same validation set.
+    train_ds, val_ds = train_val_split(full, cfg.val_size, cfg.seed, cfg.sampling != "shuffle",
+                                       cfg.limit, cfg.batch_norm)
     if test is None:
         test, test_split = val_ds, "validation (the dataset has no test split)"
     if cfg.mean is not None and cfg.std is not None:
@@ -360,7 +323,7 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------
     def setup(self, resume_state=None):
-        from .models import vgg
+        from .models import hidden_width, vgg
         from .optim import SGD, make_schedule
 
         if resume_state is None:
@@ -381,7 +344,7 @@ class Trainer:
             if len(d[part]) == 0:
                 raise ValueError(f"the {part} set is empty; check {fix}")
         self.num_classes = len(d["classes"])
-        hidden = cfg.hidden or max(16, int(round(4096 * cfg.width)))
+        hidden = cfg.hidden or hidden_width(cfg.width)
         if resume_state is not None:
             self.model = resume_state.model.to(cfg.device)
         else:

@@ -22,10 +22,9 @@ from .datasets import (
     load_dataset,
     load_fashion_mnist,
     load_image_folder,
-    train_val_split,
 )
 from .loader import DataLoader
-from .sampling import stratified_sample
+from .sampling import stratified_sample, train_val_split
 from .transforms import (
     EvalTransform,
     TrainTransform,

@@ -49,7 +49,6 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_open
-from .sampling import stratified_sample
 
 __all__ = [
     "Dataset",
@@ -58,7 +57,6 @@ __all__ = [
     "load_fashion_mnist",
     "load_cifar10",
     "load_image_folder",
-    "train_val_split",
     "align_classes",
     "UnknownClassError",
     "load_dataset",
@@ -784,41 +782,6 @@ def _decode_folder(root, size, on_error, limit_per_class, progress, workers):
 # --------------------------------------------------------------------------
 # Splits and dispatch
 # --------------------------------------------------------------------------
-
-def train_val_split(dataset, val_size, seed=0, stratify=True):
-    """Hold out ``val_size`` images (int) or the fraction ``val_size`` (float in
-    (0, 1), rounded) as the validation set; each part keeps the original order of
-    its images.
-
-    stratify : True: the validation set is :func:`~tinyvgg.data.sampling.stratified_sample`
-        (seeded, the class proportions kept). False: the last images of a seeded
-        permutation (how runs made before stratified sampling drew it).
-
-    Returns ``(train, val)`` Datasets. ValueError when ``val_size`` is not a valid
-    count or fraction for this dataset.
-    """
-    n = len(dataset)
-    if isinstance(val_size, bool):
-        raise ValueError(f"val_size must be an int or a float in (0, 1), got {val_size!r}")
-    if isinstance(val_size, (float, np.floating)):
-        if not 0.0 < val_size < 1.0:
-            raise ValueError(f"val_size as a fraction must lie in (0, 1), got {val_size}")
-        n_val = int(round(val_size * n))
-    elif isinstance(val_size, (int, np.integer)):
-        n_val = int(val_size)
-    else:
-        raise ValueError(f"val_size must be an int or a float in (0, 1), got {val_size!r}")
-    if not 0 <= n_val < n:
-        raise ValueError(f"val_size {val_size!r} gives {n_val} validation images out of {n}; "
-                         f"need 0 <= val_size < {n}")
-    if stratify:
-        val_idx = stratified_sample(dataset.labels, n_val, seed)
-        train_idx = np.setdiff1d(np.arange(n), val_idx)
-    else:
-        perm = np.random.default_rng(seed).permutation(n)
-        train_idx, val_idx = np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
-    return dataset.subset(train_idx), dataset.subset(val_idx)
-
 
 class UnknownClassError(ValueError):
     """An evaluation set holds a class the model was not trained on."""

@@ -3,14 +3,16 @@
 Class-folder datasets are stored class by class (sorted), so "the first n images"
 holds only the first classes. Every subset the package draws (``--limit``, the
 validation hold-out, the doctor's short run and its evaluation sample, ``evaluate
---limit``, the benchmarks) goes through :func:`stratified_sample` instead.
+--limit``, the benchmarks) goes through :func:`stratified_sample` instead, and the
+training/validation split of a run is :func:`train_val_split`, the one function
+training draws it with and ``evaluate --split val`` rebuilds it with.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["stratified_sample"]
+__all__ = ["stratified_sample", "train_val_split"]
 
 
 def stratified_sample(labels, n, seed=0):
@@ -48,3 +50,63 @@ def stratified_sample(labels, n, seed=0):
             quota[c] = 1
     chosen = [rng.permutation(np.flatnonzero(inverse == c))[:q] for c, q in enumerate(quota)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _validation_count(val_size, n):
+    """The number of images ``val_size`` holds out of ``n``: a fraction in (0, 1)
+    (rounded) or a count (an int, or a whole float such as a config's 5000.0)."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise ValueError(f"val_size must be an int or a float in (0, 1), got {val_size!r}")
+    if isinstance(val_size, (float, np.floating)):
+        if 0.0 < val_size < 1.0:
+            return int(round(val_size * n))
+        if val_size < 1.0 or val_size != int(val_size):
+            raise ValueError(f"val_size as a fraction must lie in (0, 1), got {val_size}")
+    return int(val_size)
+
+
+def train_val_split(dataset, val_size, seed=0, stratify=True, limit=None, batch_norm=False):
+    """``(train, val)``: a training run's images and its held-out validation images.
+
+    dataset : a :class:`~tinyvgg.data.Dataset` (N images).
+    val_size : a fraction in (0, 1) of the (limited) images, rounded, or a number of
+        images (int, or a whole float).
+    seed : int; the same arguments always give the same split.
+    stratify : True: ``limit`` and the validation set are :func:`stratified_sample`
+        (seeded, the class proportions kept). False: a seeded permutation (how runs
+        saved before stratified sampling drew them: the first ``limit`` of one
+        permutation, then the last ``val_size`` of another).
+    limit : None, or first keep a seeded sample of that many images (``--limit``).
+    batch_norm : the training part must hold 2 images (BatchNorm's batches), not 1.
+
+    Each part keeps the original order of its images. Raises ValueError naming
+    --val-size / --limit with the numbers when ``val_size`` is not a valid count or
+    fraction, or when either part would be empty.
+    """
+    n_all = len(dataset)
+    if limit is not None and limit < n_all:
+        if stratify:
+            keep = stratified_sample(dataset.labels, int(limit), seed)
+        else:
+            keep = np.sort(np.random.default_rng(seed).permutation(n_all)[:int(limit)])
+        dataset = dataset.subset(keep)
+    n = len(dataset)
+    n_val = _validation_count(val_size, n)
+    what = f"the {n} images" + (f" (--limit {limit} of {n_all})" if limit is not None else "")
+    if n_val < 1:
+        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}: the validation set "
+                         f"would be empty; give a number of images (--val-size 1 or more) or a "
+                         f"larger fraction")
+    need = 2 if batch_norm else 1
+    if n - n_val < need:
+        raise ValueError(f"--val-size {val_size:g} holds out {n_val} of {what}, leaving "
+                         f"{n - n_val} for training; training needs at least {need}"
+                         f"{' (BatchNorm needs batches of 2)' if batch_norm else ''}: use a smaller "
+                         f"--val-size{' or a larger --limit' if limit is not None else ''}, or more images")
+    if stratify:
+        val_idx = stratified_sample(dataset.labels, n_val, seed)
+        train_idx = np.setdiff1d(np.arange(n), val_idx)
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        train_idx, val_idx = np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
+    return dataset.subset(train_idx), dataset.subset(val_idx)

@@ -49,6 +49,8 @@ __all__ = [
     "random_flip",
     "pca_color_shift",
     "center_crop",
+    "single_test_scale",
+    "to_network_input",
     "TrainTransform",
     "EvalTransform",
 ]
@@ -310,6 +312,57 @@ def center_crop(batch, size):
     return batch[:, :, top:top + th, left:left + tw]
 
 
+def single_test_scale(scale):
+    """The single test scale Q for a training scale (section 3.2, Table 3): Q = S for
+    a fixed S, Q = (S_min + S_max) // 2 (the paper's 0.5 (S_min + S_max)) for a
+    jittered (S_min, S_max). The one rule: :class:`EvalTransform` (validation during
+    training) and :func:`tinyvgg.evaluate_protocols.test_scales` both use it.
+
+    >>> single_test_scale(256), single_test_scale((256, 512)), single_test_scale((32, 48))
+    (256, 384, 40)
+    """
+    if isinstance(scale, (tuple, list)):
+        lo, hi = (int(v) for v in scale)
+        return (lo + hi) // 2
+    return int(scale)
+
+
+def to_network_input(batch, mean=None, std=None, size=None, channels=None, dtype=np.float32,
+                     what="images"):
+    """The one preprocessing from an image batch to network input, after any rescale
+    or crop: uint8 (N, H, W, C) -> ``dtype`` (N, channels, H', W').
+
+    mean, std : (C,) or 1-value, [0, 255] units, or None (no subtraction/division);
+        see :func:`to_float_nchw`.
+    size : None, or pad centred with zeros (the mean colour) to at least
+        (size, size) (:func:`center_pad`); larger sides are left alone.
+    channels : None, or the network's input channels: grayscale (C = 1) images given
+        to a 3-channel network are repeated over the channels (before normalising
+        with a 3-value mean, after normalising with a 1-value one).
+    what : names the images in errors.
+
+    Raises ValueError when the channels cannot be matched.
+    """
+    xp = backend.get_array_module(batch)
+    c = batch.shape[-1]
+    nmean = None if mean is None else np.size(mean)
+    if nmean not in (None, 1, c):
+        if c == 1 and nmean == 3:
+            batch = xp.repeat(batch, 3, axis=-1)
+        else:
+            raise ValueError(f"{what}: the images have {c} channel(s) but the training mean "
+                             f"has {nmean} values")
+    x = to_float_nchw(batch, mean, std, dtype=dtype)
+    if channels is not None and x.shape[1] != channels:
+        if x.shape[1] != 1:
+            raise ValueError(f"{what}: the network takes {channels} channel(s), the images "
+                             f"have {x.shape[1]}")
+        x = xp.repeat(x, channels, axis=1)
+    if size is not None:
+        x = center_pad(x, size)
+    return xp.ascontiguousarray(x, dtype=dtype)
+
+
 def _stack(images, what):
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.dtype != np.uint8:
@@ -424,7 +477,7 @@ class EvalTransform:
 
     scale : None, Q or (S_min, S_max). When given, each image is rescaled so its
         shorter side is Q (for a range, Q = (S_min + S_max) // 2, the paper's
-        single-scale test setting) and centre-cropped. When None, images smaller
+        single-scale test setting: :func:`single_test_scale`) and centre-cropped. When None, images smaller
         than ``size`` are padded centred (28 -> 32: 2 zeros each side, after mean
         subtraction) and larger ones centre-cropped.
     dtype : float32 (default) or float64, the model's (ValueError otherwise).
@@ -436,7 +489,7 @@ class EvalTransform:
         self.mean = None if mean is None else np.asarray(mean, np.float32)
         self.std = None if std is None else np.asarray(std, np.float32)
         sc = _check_scale(scale, size, "EvalTransform")
-        self.scale = None if sc is None else (sc[0] + sc[1]) // 2
+        self.scale = None if sc is None else single_test_scale(sc)
 
     def __call__(self, images, rng=None):
         th, tw = self.size
@@ -450,10 +503,9 @@ class EvalTransform:
             batch = np.stack(out)
         else:
             batch = _stack(images, "EvalTransform")
-        x = to_float_nchw(batch, self.mean, self.std, dtype=self.dtype)
-        x = center_pad(x, self.size)
-        x = center_crop(x, self.size)
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        x = to_network_input(batch, self.mean, self.std, self.size, dtype=self.dtype,
+                             what="EvalTransform")
+        return np.ascontiguousarray(center_crop(x, self.size), dtype=self.dtype)
 
     def __repr__(self):
         return f"EvalTransform(size={self.size}, scale={self.scale})"

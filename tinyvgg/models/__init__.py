@@ -6,8 +6,9 @@ its weights. See :mod:`tinyvgg.models.vgg` for the notation.
 """
 
 from .init import SCHEMES, init_from, initialize
-from .vgg import (CONFIGS, NAMES, VGG, FullyConvolutionalVGG, StateDictError, count_params,
-                  resolve_name, vgg)
+from .vgg import (CONFIGS, DEFAULT_INIT, NAMES, VGG, FullyConvolutionalVGG, StateDictError,
+                  count_params, hidden_width, resolve_name, vgg)
 
 __all__ = ["vgg", "VGG", "FullyConvolutionalVGG", "CONFIGS", "NAMES", "SCHEMES", "count_params",
-           "resolve_name", "initialize", "init_from", "StateDictError"]
+           "resolve_name", "initialize", "init_from", "StateDictError", "hidden_width",
+           "DEFAULT_INIT"]

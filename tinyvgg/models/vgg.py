@@ -43,7 +43,22 @@ from ..layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, LocalRespon
                       MaxPool2d, ReLU, ShapeError)
 
 __all__ = ["CONFIGS", "NAMES", "vgg", "VGG", "FullyConvolutionalVGG", "count_params",
-           "resolve_name", "StateDictError"]
+           "resolve_name", "StateDictError", "hidden_width", "DEFAULT_INIT"]
+
+# The initialisation ``vgg()`` uses when none is named: Glorot's, which the paper
+# (section 3.1) notes trains the nets without pre-training from A; it also trains the
+# narrow nets tinyvgg runs, which N(0, 0.01^2) starves. ``init="paper"`` is the
+# paper's N(0, 0.01^2) for configuration A. The command line's ``--init`` default is
+# the same, so ``vgg(name, width=w)`` and ``train --width w`` build the same network.
+DEFAULT_INIT = "glorot"
+
+
+def hidden_width(width):
+    """The width of fc6 and fc7 when none is given: 4096 (Table 1) scaled with the
+    width multiplier, at least 16: ``max(16, round(4096 * width))`` (4096 at width 1,
+    1024 at 1/4, 256 at 1/16). The one rule: :func:`vgg`, :func:`count_params`, the
+    trainer and the benchmarks all use it."""
+    return max(16, int(round(4096 * float(width))))
 
 
 # Table 1 of the paper, one list per block; each block ends with its max-pool.
@@ -199,15 +214,17 @@ def _plan(letter, num_classes, input_size, width, batch_norm, hidden, dropout, i
     return plan
 
 
-def count_params(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hidden=4096,
+def count_params(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hidden=None,
                  in_channels=3):
     """Number of learnable scalars of ``vgg(name, ...)``, computed from the layer
     table without allocating any array (a full VGG-16 holds 138M of them).
+    ``hidden=None``: :func:`hidden_width` (width).
 
     Conv: F*C*KH*KW + F; BatchNorm: 2*C (gamma, beta; running statistics are
     not parameters); Linear: in*out + out.
     """
     letter, bn = resolve_name(name, batch_norm)
+    hidden = hidden_width(width) if hidden is None else hidden
     _check_args(input_size, num_classes, width, hidden, 0.0)
     total = 0
     for _, kind, a in _plan(letter, num_classes, input_size, width, bn, hidden, 0.0, int(in_channels)):
@@ -232,8 +249,8 @@ def _build_layer(kind, args, dtype):
             "dropout": Dropout}[kind](**args)
 
 
-def vgg(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hidden=4096,
-        dropout=0.5, init="paper", dtype=np.float32, in_channels=3):
+def vgg(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hidden=None,
+        dropout=0.5, init=DEFAULT_INIT, dtype=np.float32, in_channels=3):
     """Build a VGG of Table 1 on the current device.
 
     ``name``: "vgg11" (A), "vgg11_lrn" (A-LRN), "vgg13" (B), "vgg16_1x1" (C),
@@ -241,12 +258,17 @@ def vgg(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hid
     ``batch_norm=True`` adds BatchNorm2d after every convolution (before the ReLU).
     The model maps x (N, C, s, s) to logits (N, num_classes), s = ``input_size``,
     C = ``in_channels`` (3, as in the paper; 1 for grayscale data such as Fashion-MNIST).
-    ``init``: "paper" (N(0, 0.01^2), zero biases), "glorot", "he" (see
+    ``width`` scales every channel count; ``hidden`` is the width of fc6 and fc7,
+    default :func:`hidden_width` (width) (4096 at width 1: Table 2's counts).
+    ``init``: "glorot" (the default, :data:`DEFAULT_INIT`, as the command line),
+    "paper" (N(0, 0.01^2), zero biases), "he" (see
     :func:`tinyvgg.models.init.initialize`) or None (keep what the layer
-    constructors drew, which is the paper's scheme). Raises ``ValueError`` for
+    constructors drew, which is the paper's scheme). ``dropout`` (0.5, the paper's)
+    is a training setting and adds no parameter. Raises ``ValueError`` for
     an unknown name or scheme and for an input size that is not a multiple of 32.
     """
     letter, bn = resolve_name(name, batch_norm)
+    hidden = hidden_width(width) if hidden is None else hidden
     _check_args(input_size, num_classes, width, hidden, dropout)
     if int(in_channels) != in_channels or in_channels < 1:
         raise ValueError(f"vgg: in_channels must be a positive integer, got {in_channels!r}")

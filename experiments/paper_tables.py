@@ -1,0 +1,168 @@
+"""Which of the VGG paper's findings hold on data a laptop can train on?
+
+Trains the six configurations of Table 1 (A, A-LRN, B, C, D, E) at one reduced width
+and one equal budget on CIFAR-10, plus two training-scale variants of D, evaluates them
+with the paper's test protocols (:mod:`tinyvgg.evaluate_protocols`) on a fixed
+validation split held out of the training images, and writes the paper's Tables 3-6,
+a verdict on each claim and the exact commands to ``experiments/results/paper_tables.md``
+(numbers also in ``paper_tables.json``).
+
+Usage (from the repository root)::
+
+    python experiments/paper_tables.py                       # the full study (<= 90 min, 2-core CPU)
+    python experiments/paper_tables.py --budget-minutes 20   # fewer training images, same recipe
+    python experiments/paper_tables.py --quick --out /tmp/q  # the whole pipeline in < 2 min
+    python experiments/paper_tables.py --imagenet-demo --no-study   # only the 224-pixel section
+
+The study (training and evaluation, resumable with ``--reuse``) is :mod:`paper_study`;
+the Markdown rendering is :mod:`paper_report`; this file is the command that runs the
+sections asked for and writes the results.
+
+Data: the class-folder copy at ``../shared/data/cifar10`` (beside the repository), or
+``--data-dir`` (a class-folder root or the official ``cifar-10-batches-py`` release).
+Runs go to ``--out`` (default ``runs/paper_tables/``, one folder per model as
+``python -m tinyvgg train`` writes them); with ``--reuse`` a run whose folder holds a
+finished training with the same settings is not trained again.
+
+Scale variants adapted to 32 x 32 images (the paper's S = 256, 384 and [256, 512] with
+224 crops): "S = 32" is CIFAR's usual pad-4-and-crop at the native scale (no
+rescaling), "S = 40" rescales every image to 40 x 40 and takes random 32 x 32 crops,
+"S in [32, 48]" draws S per image (scale jittering) and crops 32 x 32. The test scales
+follow :func:`tinyvgg.evaluate_protocols.test_scales`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))  # paper_study and paper_report beside this file
+
+from paper_report import render  # noqa: E402
+from paper_study import (DEFAULT_DATA, DEFAULT_IMAGENET, REPO, Settings,  # noqa: E402
+                         imagenet_demo, longer_training, run_study)
+from tinyvgg.fileio import atomic_write_text  # noqa: E402
+
+
+def machine():
+    import numpy
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, Python "
+            f"{platform.python_version()}, NumPy {numpy.__version__}")
+
+
+def _load():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help=f"CIFAR-10 (class folders or the official "
+                   f"release); default {DEFAULT_DATA}")
+    p.add_argument("--out", default=None, help="run folders (default runs/paper_tables, "
+                   "runs/paper_tables_quick with --quick)")
+    p.add_argument("--results", default=None, help="where paper_tables.md/.json go (default "
+                   "experiments/results; OUT with --quick)")
+    p.add_argument("--budget-minutes", type=float, default=90.0,
+                   help="scale the training set to this budget on a 2-core CPU (default 90)")
+    p.add_argument("--quick", action="store_true", help="the whole pipeline on a tiny dataset, "
+                   "width 1/16, 1 epoch (< 2 min): a test, not a result")
+    p.add_argument("--reuse", action="store_true", help="do not retrain runs that finished with "
+                   "the same settings")
+    p.add_argument("--no-study", action="store_true", help="skip the CIFAR-10 study (keep the "
+                   "study already in the results JSON)")
+    p.add_argument("--imagenet-demo", action="store_true", help="add the 224-pixel section")
+    p.add_argument("--imagenet-dir", default=str(DEFAULT_IMAGENET))
+    p.add_argument("--imagenet-images", type=int, default=4)
+    p.add_argument("--imagenet-checkpoint", default=None, metavar="NPZ",
+                   help="weights for the demo instead of random ones, e.g. torchvision's "
+                        "pre-trained VGG-16 after `python -m tinyvgg convert vgg16.pth "
+                        "vgg16.npz`; the demo then reports each method's error on the photos")
+    p.add_argument("--imagenet-width", type=float, default=0.25,
+                   help="VGG-16 width for the demo (1.0 = the paper's 138M parameters; slow)")
+    p.add_argument("--longer", type=int, default=None, metavar="EPOCHS",
+                   help="also train A and E for EPOCHS epochs (recipe otherwise unchanged) to "
+                        "test whether under-training explains the depth result; costs "
+                        "EPOCHS / 8 times the study's training time of A and E")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    args = p.parse_args(argv)
+    if args.longer is not None and args.longer < 1:
+        p.error(f"--longer needs a positive number of epochs, got {args.longer}")
+
+    st = Settings.quick() if args.quick else Settings.for_budget(args.budget_minutes)
+    if args.out is None:
+        args.out = str(REPO / "runs" / ("paper_tables_quick" if args.quick else "paper_tables"))
+    results = Path(args.results) if args.results else \
+        (Path(args.out) if args.quick else REPO / "experiments" / "results")
+    results.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results / "paper_tables.json", results / "paper_tables.md"
+
+    def log(msg):
+        print(msg, flush=True)
+
+    # Sections not run now are kept from the existing JSON (each says how it was measured).
+    report = {}
+    if json_path.is_file():
+        try:
+            report = json.loads(json_path.read_text())
+        except ValueError:
+            report = {}
+    threads = " ".join(f"{k}={os.environ[k]}" for k in
+                       ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                       if k in os.environ)
+    cmd = ((threads + " " if threads else "") + "python experiments/paper_tables.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])).strip()
+    stamp = dict(command=cmd, machine=machine(), date=time.strftime("%Y-%m-%d %H:%M"),
+                 load_average=_load())
+    if not args.no_study:
+        log(f"paper_tables: {'QUICK ' if args.quick else ''}study, settings {asdict(st)}")
+        report["study"] = run_study(args, st, log)
+        report["study"].update(stamp, quick=args.quick, load_average_end=_load(),
+                               budget_minutes=None if args.quick else args.budget_minutes)
+        if report.pop("longer", None) is not None and not args.longer:
+            log("dropped the old --longer section: it compared against the previous study")
+    if args.longer:
+        study = report.get("study")
+        base = Settings(**study["settings"]) if (args.no_study and study) else st
+        log(f"longer training: A and E for {args.longer} epochs")
+        report["longer"] = longer_training(args, base, args.longer, study, log)
+        report["longer"].update(stamp, load_average_end=_load())
+    if args.imagenet_demo:
+        n = 1 if args.quick else args.imagenet_images
+        width = min(args.imagenet_width, 0.0625) if args.quick else args.imagenet_width
+        log(f"ImageNet-sample demo: VGG-16 at width {width:g}, {n} images")
+        report["imagenet_demo"] = imagenet_demo(args.imagenet_dir, n, width, log,
+                                                checkpoint=args.imagenet_checkpoint)
+        report["imagenet_demo"].update(stamp)
+    # atomic: a crash while writing never leaves a half-written result behind
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=_json_default))
+    atomic_write_text(md_path, render(report))
+    log(f"wrote {md_path} and {json_path}")
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
