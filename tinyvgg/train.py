@@ -37,6 +37,7 @@ from . import backend
 from .evaluate import evaluate, topk_correct
 from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
+from .models import DEFAULT_INIT
 
 __all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data",
            "resume_config", "init_from_config"]
@@ -90,7 +91,7 @@ class TrainConfig:
     hidden: int | None = None          # default: 4096 * width
     batch_norm: bool = False
     dropout: float = 0.0
-    init: str = "glorot"              # narrow nets: torchvision's N(0, 0.01) FC init starves them
+    init: str = DEFAULT_INIT           # glorot: torchvision's N(0, 0.01) FC init starves narrow nets
     input_size: int | None = None      # default: the dataset's size rounded up to a multiple of 32
     val_size: float = 0.1              # fraction (or count, if >= 1) of the training set held out
     flip: bool = True
