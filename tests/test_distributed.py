@@ -501,3 +501,14 @@ def test_mpi_info_is_a_subcommand(monkeypatch, capsys):
         assert main(["mpi-info"]) == 0
         out = capsys.readouterr().out
         assert "world size 1" in out and "CUDA-aware MPI:" in out
+
+
+def test_nccl_is_reached_through_the_backend():
+    """Only tinyvgg.backend imports CuPy: the reducer asks it for NCCL, which host
+    arrays never have."""
+    import tinyvgg.distributed.reducer as reducer_module
+
+    module, why = backend.nccl(np)
+    assert module is None and "not CuPy" in why
+    source = Path(reducer_module.__file__).read_text()
+    assert "import cupy" not in source and "cupy.cuda" not in source

@@ -20,7 +20,7 @@ __all__ = ["Doctor"]
 
 class Doctor:
     """A :class:`~tinyvgg.train.Trainer` hook that records per-layer statistics and
-    diagnoses the run (see the module docstring).
+    diagnoses the run (see the docstring of :mod:`tinyvgg.doctor`).
 
     ``Doctor(every=50, thresholds=None, verbose=True, eval_images=512, write_files=True)``
 
