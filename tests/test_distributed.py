@@ -434,3 +434,81 @@ def test_allreduce_traffic_of_the_paper_networks():
     assert d == 138_357_544 * 4  # VGG-16's 138M parameters in float32
     assert ring_allreduce_bytes_per_rank(d, 1) == 0
     assert ring_allreduce_bytes_per_rank(d, 4) == pytest.approx(1.5 * d)
+
+
+# --------------------------------------------------------------------------
+# Synchronised BatchNorm is the layer's own maths through one reduction
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 5), (6, 4)])
+def test_batch_norm_reduction_seam_gives_the_global_batch_statistics(shape):
+    """Two identical ranks, simulated: a reduction that doubles the per-channel sums
+    (and the count) must give exactly what one process computes on the batch
+    concatenated with itself, forward, backward and running statistics."""
+    from tinyvgg.layers import BatchNorm1d, BatchNorm2d
+
+    cls = BatchNorm2d if len(shape) == 4 else BatchNorm1d
+    r = np.random.default_rng(0)
+    x = r.standard_normal(shape)
+    dy = r.standard_normal(shape)
+    shard, whole = cls(4, dtype=np.float64), cls(4, dtype=np.float64)
+    for bn in (shard, whole):
+        bn.params["weight"][...] = r.uniform(0.5, 1.5, 4)
+    whole.params["weight"][...] = shard.params["weight"]
+    calls = []
+
+    def two_ranks(s):
+        calls.append(s.size)
+        s *= 2
+
+    shard.reduce = two_ranks
+    y = shard.forward(x, train=True)
+    dx = shard.backward(dy)
+    y2 = whole.forward(np.concatenate([x, x]), train=True)
+    dx2 = whole.backward(np.concatenate([dy, dy]))
+    np.testing.assert_allclose(y, y2[:shape[0]], rtol=1e-12, atol=1e-12)
+    # The gradient of the mean loss over the whole batch, for this rank's half of it:
+    # the whole-batch dx of the same images (the loss gradients already carry 1/n).
+    np.testing.assert_allclose(dx, dx2[:shape[0]], rtol=1e-10, atol=1e-12)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(shard.buffers[k], whole.buffers[k], rtol=1e-12)
+    assert calls == [4 + 1, 4 + 1, 2 * 4 + 1]  # mean, variance; the backward's two means
+    assert "forward" not in shard.__dict__ and "backward" not in shard.__dict__
+
+
+def test_data_parallel_points_the_model_batch_norms_at_the_allreduce():
+    from tinyvgg.models import vgg
+
+    model = vgg("vgg11", num_classes=4, input_size=32, width=1 / 16, hidden=16, batch_norm=True)
+    seen = []
+    assert model.set_batch_norm_reduction(seen.append) == 8
+    model.forward(np.ones((2, 3, 32, 32), np.float32), train=True)
+    assert len(seen) == 16  # mean and variance of each of the 8 BatchNorm layers
+    model.set_batch_norm_reduction(None)
+    model.forward(np.ones((2, 3, 32, 32), np.float32), train=True)
+    assert len(seen) == 16
+
+
+def test_mpi_info_is_a_subcommand(monkeypatch, capsys):
+    """What ``python -m tinyvgg.distributed --info`` printed is ``python -m tinyvgg mpi-info``."""
+    from tinyvgg.cli import main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py -> ImportError
+    assert main(["mpi-info"]) == 2
+    assert "pip install mpi4py mpich" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "mpi4py")
+    if importlib.util.find_spec("mpi4py") is not None:
+        assert main(["mpi-info"]) == 0
+        out = capsys.readouterr().out
+        assert "world size 1" in out and "CUDA-aware MPI:" in out
+
+
+def test_nccl_is_reached_through_the_backend():
+    """Only tinyvgg.backend imports CuPy: the reducer asks it for NCCL, which host
+    arrays never have."""
+    import tinyvgg.distributed.reducer as reducer_module
+
+    module, why = backend.nccl(np)
+    assert module is None and "not CuPy" in why
+    source = Path(reducer_module.__file__).read_text()
+    assert "import cupy" not in source and "cupy.cuda" not in source

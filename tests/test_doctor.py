@@ -15,6 +15,7 @@ from tinyvgg import backend
 from tinyvgg.cli import main
 from tinyvgg.data import Dataset, EvalTransform, TrainTransform, compute_mean_std
 from tinyvgg.doctor import KINDS, Doctor, Thresholds, run_doctor
+from tinyvgg.doctor.record import sample_indices
 from tinyvgg.layers import ReLU
 from tinyvgg.losses import SoftmaxCrossEntropy
 from tinyvgg.models import vgg
@@ -151,12 +152,15 @@ def test_no_wrappers_on_non_recording_steps():
     seen = []
 
     def check(s):
-        wrapped = any("forward" in layer.__dict__ for layer in model.layers)
-        seen.append((s, wrapped))
+        # The doctor watches through a model hook, only on recording steps, and never
+        # replaces a layer's methods.
+        seen.append((s, bool(model._hooks)))
+        assert not any("forward" in l.__dict__ or "backward" in l.__dict__ for l in model.layers)
 
     manual_loop(doc, model, opt, 9, x, y, check=check)
     assert [s for s, w in seen if w] == [0, 4, 8]
     assert [r["step"] for r in doc.records] == [0, 4, 8]
+    assert not model._hooks
     assert not any("forward" in l.__dict__ or "backward" in l.__dict__ for l in model.layers)
     dead = doc.records[0]["layers"]["features.1"]["dead"]
     assert 0.0 <= dead <= 1.0
@@ -166,9 +170,9 @@ def test_doctor_evaluates_a_sample_spread_over_the_classes():
     """Class folders load class by class: the first images would all share one label."""
     x, _ = colour_images(40, 0)
     ds = Dataset(x, np.repeat(np.arange(4), 10), [f"c{i}" for i in range(4)], "sorted")
-    idx = Doctor(eval_images=8)._sample(ds)
+    idx = sample_indices(ds, 8)
     assert len(idx) == 8 and len(set(ds.labels[idx])) >= 3
-    assert list(Doctor(eval_images=64)._sample(ds)) == list(range(40))
+    assert list(sample_indices(ds, 64)) == list(range(40))
 
 
 # -- each problem, built on purpose ----------------------------------------------------
@@ -336,3 +340,19 @@ def test_train_with_doctor_flag(image_folder, tmp_path):
     saved = json.loads((out / "doctor.json").read_text())
     assert [r["step"] for r in saved["records"]] == [0, 2]
     assert (out / "doctor_report.md").is_file()
+    # --doctor is a saved setting: the command line adds the doctor to a resumed run too
+    # (the trainer itself never imports the doctor).
+    rc = main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"])
+    assert rc == 0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and "doctor" in history[1]
+    assert history[1]["doctor"]["steps"][0] > 2
+
+
+def test_doctor_setting_without_the_hook_is_an_error_not_ignored(tmp_path):
+    """The trainer never imports the doctor; a config asking for it must get it."""
+    from tinyvgg.train import Trainer
+    with pytest.raises(ValueError, match=r"doctor=True\) needs the doctor's hook"):
+        Trainer(config(tmp_path, doctor=True), data=make_data())
+    Trainer(config(tmp_path, doctor=True), hooks=[Doctor(every=5, verbose=False, write_files=False)],
+            data=make_data())

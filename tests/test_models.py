@@ -544,3 +544,43 @@ def test_models_on_a_non_host_device(standin_device):
     backend.seed(3)
     dev = vgg("vgg11_bn", init="glorot", **SMALL).state_dict()
     assert all(np.array_equal(cpu[k], dev[k]) for k in cpu)  # same seed, same weights
+
+
+def test_model_hooks_observe_every_layer_without_changing_anything():
+    """``model.add_hook``: each layer's output on the way forward and the gradient
+    reaching it on the way back, the same arrays a layer-by-layer run gives; the
+    layers are never modified and removing the hook restores the plain loop."""
+    backend.seed(0)
+    model = vgg("vgg11", num_classes=4, input_size=32, width=1 / 16, hidden=16, dropout=0.0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    dlogits = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+
+    class Watch:
+        def __init__(self):
+            self.ys, self.dys = {}, {}
+
+        def after_forward(self, name, layer, y, train):
+            self.ys[name] = y.copy()
+
+        def before_backward(self, name, layer, dy):
+            self.dys[name] = dy.copy()
+
+    w = model.add_hook(Watch())
+    logits = model.forward(x, train=True)
+    dx = model.backward(dlogits)
+    assert list(w.ys) == model.layer_names and list(w.dys) == model.layer_names[::-1]
+    h = x
+    for name, layer in model.named_layers():
+        h = layer.forward(h, train=True)
+        np.testing.assert_array_equal(w.ys[name], h)
+    d = dlogits
+    for name, layer in reversed(model.named_layers()):
+        np.testing.assert_array_equal(w.dys[name], d)
+        d = layer.backward(d)
+    np.testing.assert_array_equal(d, dx)
+    np.testing.assert_array_equal(w.ys["classifier.6"], logits)
+    assert not any("forward" in l.__dict__ or "backward" in l.__dict__ for l in model.layers)
+    model.remove_hook(w)
+    w.ys.clear()
+    model.forward(x, train=True)
+    assert w.ys == {}

@@ -175,8 +175,7 @@ def test_cli_train_and_doctor_in_float64(tiny_folder, tmp_path, capsys):
     assert rc == 0, out
     assert "Diagnoses" in out and "TypeError" not in out
     # A command the doctor suggests keeps the dtype the run was made with.
-    from tinyvgg.cli import build_parser
-    from tinyvgg.doctor import _rebuild_argv
+    from tinyvgg.cli import _rebuild_argv, build_parser
 
     args = build_parser().parse_args(["doctor", "--dtype", "float64", "--steps", "3"])
     assert "--dtype float64" in _rebuild_argv(args, ["--lr", "0.1"])

@@ -45,6 +45,7 @@ import numpy
 
 __all__ = [
     "Device",
+    "nccl",
     "use",
     "current",
     "device",
@@ -152,6 +153,23 @@ def gpu_available():
         return True
     except GPUUnavailableError:
         return False
+
+
+def nccl(xp=None):
+    """``(module, "ok")``: CuPy's NCCL binding (``cupy.cuda.nccl``) for summing device
+    arrays across processes (data-parallel training), or ``(None, reason)`` when
+    ``xp`` (default: the current device's array module) is not CuPy or CuPy has no NCCL."""
+    xp = xp if xp is not None else device().xp
+    if getattr(xp, "__name__", "") != "cupy":
+        return None, "the array module is not CuPy"
+    try:
+        import importlib
+        module = importlib.import_module("cupy.cuda.nccl")
+    except Exception as e:  # noqa: BLE001
+        return None, f"CuPy has no NCCL ({type(e).__name__}: {e})"
+    if not getattr(module, "available", True):
+        return None, "CuPy was built without NCCL"
+    return module, "ok"
 
 
 def use(dev):

@@ -10,11 +10,18 @@ gradcheck  a float64 gradient check of a whole (narrow) VGG
 convert    torchvision .pth <-> tinyvgg .npz checkpoints
 demo       what ``make demo`` runs: a narrow VGG-11 on Fashion-MNIST
 doctor     a short training run that says why a configuration is not learning
+mpi-info   which MPI this process gets (for train --data-parallel), and whether it is CUDA-aware
+
+Every command's argument handling lives here; the library functions it calls take
+plain values (no argparse.Namespace).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
 
 import numpy as np
@@ -35,6 +42,37 @@ def _scale(text):
 # Options a recipe sets (--recipe): left out of the namespace when not given, so that
 # TrainConfig.from_recipe fills them from the recipe and an explicit option wins.
 _FROM_RECIPE = dict(default=argparse.SUPPRESS)
+
+
+def _floats(text):
+    """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5] (an argparse type)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5, "
+                                         f"got {text!r}")
+    return values
+
+
+def _add_convert_args(p):
+    """The arguments of ``convert``."""
+    p.add_argument("src", help=".pth/.pt (torchvision-layout state dict) or .npz (tinyvgg checkpoint)")
+    p.add_argument("dst", help="output file")
+    p.add_argument("--name", default=None, help="expected architecture, e.g. vgg16_bn (checked)")
+    p.add_argument("--mean", type=_floats, default=None,
+                   help="per-channel mean the network was trained with, in torchvision's [0, 1] units "
+                        "(transforms.Normalize), e.g. 0.5,0.5,0.5 (default ImageNet's 0.485,0.456,0.406)")
+    p.add_argument("--std", type=_floats, default=None,
+                   help="per-channel std, [0, 1] units (default ImageNet's 0.229,0.224,0.225; "
+                        "--mean 0 --std 1 for a network fed ToTensor() alone)")
+    p.add_argument("--resize", type=int, default=None,
+                   help="shorter side before the centre crop (default 256 for input size 224)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="the .pth holds Python objects beyond tensors (a whole nn.Module, an "
+                        "argparse.Namespace) and you trust it: load it with full unpickling, "
+                        "which can run code")
 
 
 def _add_model_args(p, defaults):
@@ -115,26 +153,8 @@ def _add_train_args(p, defaults):
     p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "float64"])
 
 
-def build_parser():
-    from .train import TrainConfig
-
-    d = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m tinyvgg", description="tinyvgg: VGG from scratch")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a VGG")
-    _add_train_args(p, d)
-    p.add_argument("--resume", default=None, help="a run folder (or checkpoint) to continue")
-    p.add_argument("--init-from", default=None,
-                   help="fine-tune: start a new run from this checkpoint's weights (a trained run's "
-                        "or converted torchvision weights), with its architecture and input "
-                        "normalisation; the last layer is replaced when the class count differs")
-    p.add_argument("--doctor", action="store_true", help="per-layer statistics and diagnoses while training")
-    p.add_argument("--doctor-every", type=int, default=d.doctor_every)
-    p.add_argument("--data-parallel", action="store_true",
-                   help="data-parallel training over MPI ranks (launch with mpirun -n P)")
-
-    p = sub.add_parser("evaluate", help="accuracy of checkpoints on a dataset")
+def _add_evaluate_args(p):
+    """The arguments of ``evaluate``."""
     p.add_argument("checkpoints", nargs="+", help="one checkpoint, or several for an ensemble")
     p.add_argument("--dataset", default=None, choices=["fashion-mnist", "cifar10", "folder"],
                    help="default: the dataset the checkpoint was trained on")
@@ -154,6 +174,28 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--plots", default=None, help="write the confusion matrix PNG into this folder")
+
+
+def build_parser():
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m tinyvgg", description="tinyvgg: VGG from scratch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VGG")
+    _add_train_args(p, d)
+    p.add_argument("--resume", default=None, help="a run folder (or checkpoint) to continue")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune: start a new run from this checkpoint's weights (a trained run's "
+                        "or converted torchvision weights), with its architecture and input "
+                        "normalisation; the last layer is replaced when the class count differs")
+    p.add_argument("--doctor", action="store_true", help="per-layer statistics and diagnoses while training")
+    p.add_argument("--doctor-every", type=int, default=d.doctor_every)
+    p.add_argument("--data-parallel", action="store_true",
+                   help="data-parallel training over MPI ranks (launch with mpirun -n P)")
+
+    _add_evaluate_args(sub.add_parser("evaluate", help="accuracy of checkpoints on a dataset"))
 
     p = sub.add_parser("predict", help="top-5 classes of an image")
     p.add_argument("checkpoint")
@@ -181,8 +223,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("convert", help="torchvision .pth <-> tinyvgg .npz")
-    from .interop import add_convert_args
-    add_convert_args(p)
+    _add_convert_args(p)
 
     p = sub.add_parser("demo", help="train a narrow VGG-11 on Fashion-MNIST (what make demo runs)")
     p.add_argument("--out", default="runs/demo")
@@ -193,6 +234,9 @@ def build_parser():
     _add_train_args(p, d)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: about a minute)")
     p.add_argument("--every", type=int, default=None, help="record statistics every N steps")
+
+    sub.add_parser("mpi-info", help="which MPI this process gets (mpi4py, library, world size, "
+                                    "CUDA-aware or not); run it under mpirun to see the launched world")
     return parser
 
 
@@ -205,20 +249,122 @@ def _config_from_args(args):
     return TrainConfig.from_recipe(getattr(args, "recipe", "default"), **kw)
 
 
+def _setting_hooks(cfg):
+    """The trainer hooks a run's settings ask for: the doctor of ``--doctor``. Called
+    with the settings the run trains with, so a resumed run (whose saved settings
+    say ``doctor``) and every rank of a data-parallel run keep it."""
+    if not cfg.doctor:
+        return []
+    from .doctor import Doctor
+    return [Doctor(every=cfg.doctor_every)]
+
+
 def cmd_train(args):
     from .train import train
 
-    cfg = _config_from_args(args)  # --doctor is a setting: the Trainer adds the hook
+    cfg = _config_from_args(args)
     if args.data_parallel:
         from .distributed import train_data_parallel
-        return train_data_parallel(cfg, resume=args.resume)
-    train(cfg, resume=args.resume)
+        return train_data_parallel(cfg, resume=args.resume, hooks_for=_setting_hooks)
+    train(cfg, resume=args.resume, hooks_for=_setting_hooks)
     return 0
 
 
+def _seeded_subset(ds, limit, seed=0):
+    """``ds``, or a stratified seeded sample of ``limit`` of its images, and a phrase
+    saying which (for the report)."""
+    if limit is None or limit >= len(ds):
+        return ds, ""
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    from .data import stratified_sample
+    keep = stratified_sample(ds.labels, int(limit), seed)
+    return ds.subset(keep), (f"; --limit {limit}: a seeded sample of {len(keep)} of its "
+                             f"{len(ds)} images, class proportions kept")
+
+
+def _print_result(res, dataset_desc, out=None):
+    out = out or sys.stdout
+    scales = res["scales"]
+    print(f"checkpoints: {', '.join(res['checkpoints'])}"
+          f"{' (ensemble: posteriors averaged)' if len(res['checkpoints']) > 1 else ''}", file=out)
+    print(f"dataset:     {dataset_desc}", file=out)
+    print(f"evaluated:   {res['n']} images", file=out)
+    print(f"protocol:    {res['protocol']}, test scales Q = {scales}", file=out)
+    print(f"top-1 error: {100 * res['top1_error']:6.2f} %   (accuracy {100 * res['top1']:.2f} %)",
+          file=out)
+    print(f"top-5 error: {100 * res['top5_error']:6.2f} %   (accuracy {100 * res['top5']:.2f} %)",
+          file=out)
+    print(f"time:        {res['time_s']:.1f} s", file=out)
+
+
+def _model_classes(cks, paths):
+    """The class names the checkpoints were trained on (None when they do not say);
+    ValueError when the models of an ensemble know different classes."""
+    named = [(p, list(ck.meta.get("classes") or [])) for ck, p in zip(cks, paths)
+             if (ck.meta or {}).get("classes")]
+    for p, c in named[1:]:
+        if c != named[0][1]:
+            raise ValueError(f"{p} was trained on other classes than {named[0][0]} "
+                             f"({c[:3]}... vs {named[0][1][:3]}...); an ensemble needs the same "
+                             f"classes in the same order")
+    return named[0][1] if named else None
+
+
 def cmd_evaluate(args):
-    from .evaluate_protocols import run_evaluate_command
-    return run_evaluate_command(args)
+    """``python -m tinyvgg evaluate CK [CK ...]``: load the checkpoint(s) (several make an
+    ensemble), the dataset (default: the one in the first checkpoint's training config),
+    evaluate with ``--protocol`` and print the result (``--json``: as JSON);
+    ``--plots DIR`` writes ``DIR/confusion_matrix.png``. Returns 0."""
+    from . import backend, checkpoint
+    from .evaluate_protocols import as_eval_model, evaluate_protocol, load_eval_dataset
+
+    backend.use(getattr(args, "device", "cpu") or "cpu")
+    cks = [checkpoint.load(p) for p in args.checkpoints]
+    for ck in cks:
+        ck.warn_if_not_normalized()
+    ems = [as_eval_model(ck, name=str(p)) for ck, p in zip(cks, args.checkpoints)]
+    tc = (cks[0].meta or {}).get("train_config") or {}
+    name = args.dataset or tc.get("dataset")
+    if name is None:
+        raise ValueError(f"{args.checkpoints[0]}: the checkpoint does not say which dataset it "
+                         f"was trained on; give --dataset (and --data-dir)")
+    data_dir = args.data_dir
+    if data_dir is None and name == tc.get("dataset"):
+        data_dir = tc.get("data_dir")
+    classes = _model_classes(cks, args.checkpoints)
+    ds, split, desc = load_eval_dataset(name, data_dir, args.split, ems, tc)
+    if classes is not None:
+        # Labels by class name: a folder lacking a class keeps the others' labels right.
+        from .data import align_classes
+        ds = align_classes(ds, classes, where=desc)
+    ds, sampled = _seeded_subset(ds, getattr(args, "limit", None))
+    desc += sampled
+    progress = (not args.json) and sys.stderr.isatty()
+    res = evaluate_protocol(ems, ds, args.protocol, scales=args.scales,
+                            batch_size=args.batch_size, progress=progress,
+                            return_posteriors=bool(args.plots))
+    report = {k: res[k] for k in ("top1", "top5", "top1_error", "top5_error", "n", "protocol",
+                                  "scales", "time_s")}
+    report["checkpoints"] = [str(p) for p in args.checkpoints]
+    report["dataset"] = name
+    report["split"] = split
+    report["images"] = desc
+    if args.plots:
+        from .evaluate import confusion_matrix
+        from .plots import plot_confusion_matrix
+        os.makedirs(args.plots, exist_ok=True)
+        cm = confusion_matrix(res["predictions"], res["labels"], len(ds.classes))
+        report["confusion_matrix"] = plot_confusion_matrix(
+            cm, ds.classes, os.path.join(args.plots, "confusion_matrix.png"))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        res["checkpoints"] = report["checkpoints"]
+        _print_result(res, f"{name}: {desc}")
+        if args.plots:
+            print(f"confusion matrix: {report['confusion_matrix']}")
+    return 0
 
 
 def cmd_predict(args):
@@ -286,8 +432,12 @@ def cmd_gradcheck(args):
 
 
 def cmd_convert(args):
-    from .interop import run_convert
-    return run_convert(args)
+    from .interop import convert
+
+    out = convert(args.src, args.dst, name=args.name, mean=args.mean, std=args.std,
+                  resize=args.resize, allow_pickle=args.allow_pickle)
+    print(f"wrote {out}")
+    return 0
 
 
 # The demo's settings: a quarter-width VGG-11 with BatchNorm on 32x32 Fashion-MNIST,
@@ -316,12 +466,102 @@ def cmd_demo(args):
 
 
 def cmd_doctor(args):
-    from .doctor import run_doctor_command
-    return run_doctor_command(args)
+    """``python -m tinyvgg doctor ...``: a short run, the table, the diagnoses, the
+    plots and the fix the doctor believes in.
+
+    Trains about ``--steps`` steps (default 200; ``--epochs`` is not used) at the
+    constant learning rate ``--lr``, records every ``--every`` steps (default:
+    about 30 recordings), writes the report, data and plot into ``--out``
+    (default ``runs/doctor``). Returns 0 (the diagnoses are the output)."""
+    from .doctor import DEFAULT_STEPS, run_doctor
+    from .train import TrainConfig
+
+    cfg = _config_from_args(args)
+    if cfg.out == TrainConfig.out:
+        cfg.out = "runs/doctor"
+    # A schedule meant for a whole run (plateau, step, cosine) would cut the learning rate
+    # within the probe's few hundred steps: the probe runs at the constant --lr (after
+    # --warmup-epochs, if any).
+    cfg.schedule = "constant"
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS
+    print(f"tinyvgg doctor: training {cfg.model} (width {cfg.width}, "
+          f"{'with' if cfg.batch_norm else 'without'} BatchNorm, init {cfg.init}, constant lr "
+          f"{cfg.lr:g}, dropout {cfg.dropout:g}) for about {steps} steps on {cfg.dataset}; "
+          f"run folder {cfg.out}", flush=True)
+    doctor = run_doctor(cfg, steps=steps, every=args.every, verbose=False)
+    print()
+    print(doctor.summary())
+    print()
+    print(doctor.table())
+    print()
+    print("Diagnoses")
+    if not doctor.diagnoses:
+        print("No problem found: the checks stayed silent.")
+    for d in doctor.ordered():
+        print(d.text())
+        print()
+    fix, why = doctor.suggested_fix()
+    alt = doctor.alternative_fix()
+    if fix:
+        print(f"The doctor suggests: {' '.join(fix)}   (because of {why})")
+        print(f"  python -m tinyvgg doctor {_rebuild_argv(args, fix)}")
+        if alt:
+            print(f"or, without that change: {' '.join(alt)}")
+            print(f"  python -m tinyvgg doctor {_rebuild_argv(args, alt)}")
+    elif doctor.kinds(include_resolved=False):
+        print("Problems remain (see above), but no single command-line change is clearly the fix.")
+    elif doctor.diagnoses:
+        print("What was seen earlier is gone by the end of the run.")
+    else:
+        print("The run looks healthy.")
+    print(f"\nreport: {doctor.files.get('report')}  plot: {doctor.files.get('plot')}  "
+          f"data: {doctor.files.get('json')}")
+    return 0
+
+
+def _rebuild_argv(args, fix):
+    """The doctor's command line with ``fix`` applied (only the non-default settings)."""
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    parts = []
+    fix_keys = {fix[i].lstrip("-").replace("-", "_") for i in range(len(fix)) if fix[i].startswith("--")}
+    for key in ("model", "width", "hidden", "batch_norm", "dropout", "init", "dataset", "data_dir",
+                "input_size", "val_size", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+                "warmup_epochs", "limit", "seed", "device", "dtype"):
+        v = getattr(args, key, None)
+        if key in fix_keys or v is None:
+            continue
+        if key == "batch_norm":
+            parts.append("--batch-norm" if v else "--no-batch-norm")
+            continue
+        if key not in ("model", "dataset", "data_dir", "limit", "width", "init") and v == getattr(d, key):
+            continue
+        parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(v))}")
+    for key in ("steps", "every"):
+        if getattr(args, key, None):
+            parts.append(f"--{key} {getattr(args, key)}")
+    return " ".join(parts + list(fix))
+
+
+def cmd_mpi_info(args):
+    """``python -m tinyvgg mpi-info``: the MPI this process gets (what
+    ``python -m tinyvgg.distributed --info`` printed). Exit status 2 without MPI."""
+    from .distributed import DistributedError, mpi_info
+
+    try:
+        lines = mpi_info()
+    except DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "summary": cmd_summary,
-            "gradcheck": cmd_gradcheck, "convert": cmd_convert, "demo": cmd_demo, "doctor": cmd_doctor}
+            "gradcheck": cmd_gradcheck, "convert": cmd_convert, "demo": cmd_demo, "doctor": cmd_doctor,
+            "mpi-info": cmd_mpi_info}
 
 
 def main(argv=None):

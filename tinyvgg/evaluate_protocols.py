@@ -65,10 +65,8 @@ difference between "dense" and "central crop".
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -98,7 +96,6 @@ __all__ = [
     "topk_accuracy",
     "evaluate_protocol",
     "load_eval_dataset",
-    "run_evaluate_command",
 ]
 
 PROTOCOLS = ("single", "multi-scale", "dense", "multi-crop", "dense+multi-crop")
@@ -618,21 +615,8 @@ def evaluate_protocol(models, dataset, protocol, scales=None, batch_size=64, pro
 
 
 # ----------------------------------------------------------------------------------
-# The command line: python -m tinyvgg evaluate
+# The images to evaluate on (the command itself is tinyvgg.cli's evaluate)
 # ----------------------------------------------------------------------------------
-
-def _seeded_subset(ds, limit, seed=0):
-    """``ds``, or a stratified seeded sample of ``limit`` of its images, and a phrase
-    saying which (for the report)."""
-    if limit is None or limit >= len(ds):
-        return ds, ""
-    if limit < 1:
-        raise ValueError(f"--limit must be a positive number of images, got {limit}")
-    from .data import stratified_sample
-    keep = stratified_sample(ds.labels, int(limit), seed)
-    return ds.subset(keep), (f"; --limit {limit}: a seeded sample of {len(keep)} of its "
-                             f"{len(ds)} images, class proportions kept")
-
 
 def _folder_root(data_dir, split=None):
     """The folder ``load_dataset("folder", data_dir, split)`` reads, and whether
@@ -712,86 +696,3 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     return load("test"), "all", (f"every image of {root} (a folder without train/test "
                                  f"sub-folders is evaluated whole; --split val for the "
                                  f"training run's held-out part)")
-
-
-def _print_result(res, dataset_desc, out=None):
-    out = out or sys.stdout
-    scales = res["scales"]
-    print(f"checkpoints: {', '.join(res['checkpoints'])}"
-          f"{' (ensemble: posteriors averaged)' if len(res['checkpoints']) > 1 else ''}", file=out)
-    print(f"dataset:     {dataset_desc}", file=out)
-    print(f"evaluated:   {res['n']} images", file=out)
-    print(f"protocol:    {res['protocol']}, test scales Q = {scales}", file=out)
-    print(f"top-1 error: {100 * res['top1_error']:6.2f} %   (accuracy {100 * res['top1']:.2f} %)",
-          file=out)
-    print(f"top-5 error: {100 * res['top5_error']:6.2f} %   (accuracy {100 * res['top5']:.2f} %)",
-          file=out)
-    print(f"time:        {res['time_s']:.1f} s", file=out)
-
-
-def _model_classes(cks, paths):
-    """The class names the checkpoints were trained on (None when they do not say);
-    ValueError when the models of an ensemble know different classes."""
-    named = [(p, list(ck.meta.get("classes") or [])) for ck, p in zip(cks, paths)
-             if (ck.meta or {}).get("classes")]
-    for p, c in named[1:]:
-        if c != named[0][1]:
-            raise ValueError(f"{p} was trained on other classes than {named[0][0]} "
-                             f"({c[:3]}... vs {named[0][1][:3]}...); an ensemble needs the same "
-                             f"classes in the same order")
-    return named[0][1] if named else None
-
-
-def run_evaluate_command(args):
-    """``python -m tinyvgg evaluate CK [CK ...]``: load the checkpoint(s) (several make an
-    ensemble), the dataset (default: the one in the first checkpoint's training config),
-    evaluate with ``--protocol`` and print the result (``--json``: as JSON);
-    ``--plots DIR`` writes ``DIR/confusion_matrix.png``. Returns 0."""
-    from . import checkpoint
-
-    backend.use(getattr(args, "device", "cpu") or "cpu")
-    cks = [checkpoint.load(p) for p in args.checkpoints]
-    for ck in cks:
-        ck.warn_if_not_normalized()
-    ems = [as_eval_model(ck, name=str(p)) for ck, p in zip(cks, args.checkpoints)]
-    tc = (cks[0].meta or {}).get("train_config") or {}
-    name = args.dataset or tc.get("dataset")
-    if name is None:
-        raise ValueError(f"{args.checkpoints[0]}: the checkpoint does not say which dataset it "
-                         f"was trained on; give --dataset (and --data-dir)")
-    data_dir = args.data_dir
-    if data_dir is None and name == tc.get("dataset"):
-        data_dir = tc.get("data_dir")
-    classes = _model_classes(cks, args.checkpoints)
-    ds, split, desc = load_eval_dataset(name, data_dir, args.split, ems, tc)
-    if classes is not None:
-        # Labels by class name: a folder lacking a class keeps the others' labels right.
-        from .data import align_classes
-        ds = align_classes(ds, classes, where=desc)
-    ds, sampled = _seeded_subset(ds, getattr(args, "limit", None))
-    desc += sampled
-    progress = (not args.json) and sys.stderr.isatty()
-    res = evaluate_protocol(ems, ds, args.protocol, scales=args.scales,
-                            batch_size=args.batch_size, progress=progress,
-                            return_posteriors=bool(args.plots))
-    report = {k: res[k] for k in ("top1", "top5", "top1_error", "top5_error", "n", "protocol",
-                                  "scales", "time_s")}
-    report["checkpoints"] = [str(p) for p in args.checkpoints]
-    report["dataset"] = name
-    report["split"] = split
-    report["images"] = desc
-    if args.plots:
-        from .evaluate import confusion_matrix
-        from .plots import plot_confusion_matrix
-        os.makedirs(args.plots, exist_ok=True)
-        cm = confusion_matrix(res["predictions"], res["labels"], len(ds.classes))
-        report["confusion_matrix"] = plot_confusion_matrix(
-            cm, ds.classes, os.path.join(args.plots, "confusion_matrix.png"))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        res["checkpoints"] = report["checkpoints"]
-        _print_result(res, f"{name}: {desc}")
-        if args.plots:
-            print(f"confusion matrix: {report['confusion_matrix']}")
-    return 0

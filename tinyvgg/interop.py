@@ -35,7 +35,7 @@ from .fileio import atomic_open
 
 from .models.vgg import CONFIGS, _CONV_RE, _LETTER_TO_NAME, resolve_name
 
-__all__ = ["infer_config", "torch_to_tinyvgg", "tinyvgg_to_torch", "convert", "main", "add_convert_args",
+__all__ = ["infer_config", "torch_to_tinyvgg", "tinyvgg_to_torch", "convert",
            "PickledObjectsError", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 # torchvision's transforms.Normalize for its ImageNet models, in its [0, 1] units.
@@ -369,53 +369,3 @@ def convert(src, dst, name=None, **options):
         return tinyvgg_to_torch(src, dst)
     raise ValueError(f"convert: cannot tell the direction from {src!r}: expected a .pth/.pt "
                      f"(PyTorch -> tinyvgg .npz) or a .npz (tinyvgg -> PyTorch .pth) source")
-
-
-def _floats(text):
-    """``0.5,0.5,0.5`` -> [0.5, 0.5, 0.5] (an argparse type)."""
-    import argparse
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5, "
-                                         f"got {text!r}")
-    return values
-
-
-def add_convert_args(p):
-    """The arguments of ``convert`` (``python -m tinyvgg convert`` and :func:`main`)."""
-    p.add_argument("src", help=".pth/.pt (torchvision-layout state dict) or .npz (tinyvgg checkpoint)")
-    p.add_argument("dst", help="output file")
-    p.add_argument("--name", default=None, help="expected architecture, e.g. vgg16_bn (checked)")
-    p.add_argument("--mean", type=_floats, default=None,
-                   help="per-channel mean the network was trained with, in torchvision's [0, 1] units "
-                        "(transforms.Normalize), e.g. 0.5,0.5,0.5 (default ImageNet's 0.485,0.456,0.406)")
-    p.add_argument("--std", type=_floats, default=None,
-                   help="per-channel std, [0, 1] units (default ImageNet's 0.229,0.224,0.225; "
-                        "--mean 0 --std 1 for a network fed ToTensor() alone)")
-    p.add_argument("--resize", type=int, default=None,
-                   help="shorter side before the centre crop (default 256 for input size 224)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="the .pth holds Python objects beyond tensors (a whole nn.Module, an "
-                        "argparse.Namespace) and you trust it: load it with full unpickling, "
-                        "which can run code")
-
-
-def run_convert(args):
-    """Run parsed ``convert`` arguments (:func:`add_convert_args`); prints and returns 0."""
-    out = convert(args.src, args.dst, name=args.name, mean=args.mean, std=args.std,
-                  resize=args.resize, allow_pickle=args.allow_pickle)
-    print(f"wrote {out}")
-    return 0
-
-
-def main(argv=None):
-    """``convert SRC DST [--name NAME] [--mean ...] ...`` as a command line; returns the exit status."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="tinyvgg convert",
-                                description="Convert VGG weights between torchvision .pth and tinyvgg .npz")
-    add_convert_args(p)
-    return run_convert(p.parse_args(argv))

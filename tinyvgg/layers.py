@@ -448,18 +448,43 @@ class _BatchNorm(Layer):
     def _bshape(self, x):
         return (1, self.num_features) + (1,) * (x.ndim - 2)
 
+    # The seam data-parallel training extends (tinyvgg.distributed, set through
+    # ``model.set_batch_norm_reduction``): ``reduce(s)`` sums a float64 array of
+    # per-channel sums over every process holding a share of the batch, in place.
+    # None: this process holds the whole batch.
+    reduce = None
+
+    def _batch_means(self, *arrays):
+        """``([mean of each array over the batch axes, (C,)], m)``, m the number of
+        values per channel: the one reduction of BatchNorm's batch statistics (the
+        forward's mean and variance, the backward's two means).
+
+        With ``self.reduce`` set, the per-channel sums (float64) and the count are
+        summed over the processes first, so the means are those of the global batch."""
+        c = self.num_features
+        m = arrays[0].size // c
+        if self.reduce is None:  # one process, the whole batch
+            return [a.mean(axis=self._axes) for a in arrays], m
+        xp = backend.get_array_module(arrays[0])
+        s = xp.empty(len(arrays) * c + 1, dtype=np.float64)
+        for i, a in enumerate(arrays):
+            s[i * c:(i + 1) * c] = a.sum(axis=self._axes, dtype=np.float64)
+        s[-1] = m
+        self.reduce(s)
+        count = int(s[-1])
+        return [(s[i * c:(i + 1) * c] / count).astype(arrays[0].dtype) for i in range(len(arrays))], count
+
     def forward(self, x, train=False):
         self._check_input(x, ndim=self._ndim, channels=self.num_features, what=self._what)
         dt = x.dtype.type
         bshape = self._bshape(x)
         if train:
-            m = x.size // self.num_features
+            (mean,), m = self._batch_means(x)
             if m < 2:
                 raise ShapeError(f"{self!r}: training needs more than one value per channel to "
                                  f"compute a variance, got input shape {_shape(x)}")
-            mean = x.mean(axis=self._axes)
             xc = x - mean.reshape(bshape)
-            var = (xc * xc).mean(axis=self._axes)  # biased: used to normalise
+            (var,), _ = self._batch_means(xc * xc)  # biased: used to normalise
             mom = dt(self.momentum)
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= (1 - mom)
@@ -487,9 +512,8 @@ class _BatchNorm(Layer):
             return dxhat * invstd.reshape(bshape)
         # xhat depends on every value of its channel through the batch mean and variance:
         # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        mean_d = dxhat.mean(axis=self._axes).reshape(bshape)
-        mean_dx = (dxhat * xhat).mean(axis=self._axes).reshape(bshape)
-        return (dxhat - mean_d - xhat * mean_dx) * invstd.reshape(bshape)
+        (mean_d, mean_dx), _ = self._batch_means(dxhat, dxhat * xhat)
+        return (dxhat - mean_d.reshape(bshape) - xhat * mean_dx.reshape(bshape)) * invstd.reshape(bshape)
 
 
 class BatchNorm2d(_BatchNorm):

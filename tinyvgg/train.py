@@ -300,7 +300,8 @@ class Trainer:
     ``epoch_end(trainer, record)`` and ``train_end(trainer)``, plus ``train_begin(trainer)``
     (before the first step) and ``diverged(trainer, error)`` (before TrainingDiverged
     propagates); the training
-    doctor and data-parallel training plug in through them.
+    doctor and data-parallel training plug in through them (the trainer knows
+    neither: the command line adds the doctor when ``cfg.doctor`` asks for it).
     ``shard=(rank, world)`` makes this process train on its share of every
     global batch (data-parallel training); only rank 0 writes files and prints.
     """
@@ -308,10 +309,12 @@ class Trainer:
     def __init__(self, cfg, hooks=(), shard=None, data=None):
         self.cfg = cfg
         self.hooks = list(hooks)
-        if cfg.doctor and not any(type(h).__name__ == "Doctor" for h in self.hooks):
-            # --doctor lives in the config, so a resumed or data-parallel run keeps it.
-            from .doctor import Doctor
-            self.hooks.append(Doctor(every=cfg.doctor_every))
+        if cfg.doctor and not any(getattr(h, "diagnoses_training", False) for h in self.hooks):
+            # The trainer does not import the doctor: a setting that asks for it must
+            # not be dropped in silence.
+            raise ValueError("TrainConfig(doctor=True) needs the doctor's hook: pass "
+                             "hooks=[tinyvgg.doctor.Doctor(every=cfg.doctor_every)] (the command line's "
+                             "--doctor does this), or set doctor=False")
         self.rank, self.world = shard or (0, 1)
         self.is_main = self.rank == 0
         self.out = Path(cfg.out)
@@ -654,9 +657,13 @@ def init_from_config(cfg):
                    hidden=int(arch["hidden"]), input_size=int(arch["input_size"]))
 
 
-def train(cfg, hooks=(), resume=None, shard=None):
+def train(cfg, hooks=(), resume=None, shard=None, hooks_for=None):
     """Train with ``cfg`` (a :class:`TrainConfig`); ``resume`` is a run folder or
-    checkpoint path to continue from. Returns the final metrics."""
+    checkpoint path to continue from. ``hooks``: trainer hooks (see :class:`Trainer`);
+    ``hooks_for``: a function ``cfg -> [hooks]`` called with the settings the run
+    trains with (a resumed run's saved ones), for hooks a setting asks for (the
+    command line adds the doctor this way when ``cfg.doctor``). Returns the final metrics."""
     cfg, state = resume_config(cfg, resume)
+    hooks = list(hooks) + (list(hooks_for(cfg)) if hooks_for is not None else [])
     trainer = Trainer(cfg, hooks=hooks, shard=shard).setup(resume_state=state)
     return trainer.run()

@@ -39,7 +39,7 @@ import re
 import numpy as np
 
 from .. import backend
-from ..layers import (BatchNorm2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm,
+from ..layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm,
                       MaxPool2d, ReLU, ShapeError)
 
 __all__ = ["CONFIGS", "NAMES", "vgg", "VGG", "FullyConvolutionalVGG", "count_params",
@@ -314,20 +314,65 @@ class _Sequential:
     layers: list
     layer_names: list
 
+    _hooks = ()  # the observers added with add_hook (an instance list once one is added)
+
     def __call__(self, x, train=False):
         return self.forward(x, train=train)
 
     def _run(self, x, train):
-        for layer in self.layers:
+        if not self._hooks:  # nobody watching: the plain loop
+            for layer in self.layers:
+                x = layer.forward(x, train=train)
+            return x
+        for name, layer in zip(self.layer_names, self.layers):
             x = layer.forward(x, train=train)
+            for h in self._hooks:
+                if hasattr(h, "after_forward"):
+                    h.after_forward(name, layer, x, train)
         return x
 
     def backward(self, dy):
         """Backpropagate ``dy`` (the output's shape) through every layer; each
         layer stores its parameter gradients in ``layer.grads``. Returns dx."""
-        for layer in reversed(self.layers):
+        if not self._hooks:
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
+            return dy
+        for name, layer in zip(reversed(self.layer_names), reversed(self.layers)):
+            for h in self._hooks:
+                if hasattr(h, "before_backward"):
+                    h.before_backward(name, layer, dy)
             dy = layer.backward(dy)
         return dy
+
+    # -- observing and extending the layers ----------------------------------
+    def add_hook(self, hook):
+        """Observe every layer of the passes through the model: ``hook`` is an
+        object with either or both of ``after_forward(name, layer, y, train)``
+        (called with each layer's output y) and ``before_backward(name, layer, dy)``
+        (called with the gradient dy reaching each layer's output). The training
+        doctor records its statistics this way. Returns ``hook``; remove it with
+        :meth:`remove_hook`. The layers themselves are never modified."""
+        if not self._hooks:
+            self._hooks = []
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+        return hook
+
+    def remove_hook(self, hook):
+        """Stop calling ``hook`` (no error when it was not added)."""
+        if hook in self._hooks:
+            self._hooks.remove(hook)
+
+    def set_batch_norm_reduction(self, reduce):
+        """Make every BatchNorm layer reduce its batch statistics with ``reduce(s)``,
+        which sums a float64 array over the processes in place (data-parallel
+        training's synchronised BatchNorm); None: the statistics of this process's
+        batch. See ``_BatchNorm._batch_means``. Returns the number of layers."""
+        bns = [layer for layer in self.layers if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
+        for layer in bns:
+            layer.reduce = reduce
+        return len(bns)
 
     def named_layers(self):
         """``[(name, layer)]`` in forward order."""
