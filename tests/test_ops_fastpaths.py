@@ -1,6 +1,6 @@
 """The fast paths of the ops equal the loop references and each other.
 
-The convolution has several routes (see :mod:`tinyvgg.ops.conv`): wide or
+The convolution has several routes (see :mod:`tinyvgg.ops.cpu.conv`): wide or
 compact columns, chunks of the batch (run in worker threads or not), dx as a
 convolution or through col2im, a fused ReLU, and scratch buffers reused between
 calls; max-pooling has a 2x2/stride-2 route. Each is checked against
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tinyvgg import layers as L
-from tinyvgg.ops import conv as conv_mod
+from tinyvgg.ops.cpu import conv as conv_mod
 from tinyvgg.ops import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward
-from tinyvgg.ops import parallel, scratch
+from tinyvgg.ops.cpu import parallel, scratch
 from tinyvgg.reference import (conv2d_backward_loop, conv2d_forward_loop, maxpool2d_backward_loop,
                                maxpool2d_forward_loop)
 
