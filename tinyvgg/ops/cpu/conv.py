@@ -1,14 +1,9 @@
 """The fast CPU convolution: the textbook im2col product, with the data moved cleverly.
 
 The textbook version is :func:`tinyvgg.ops.conv.conv2d_forward_simple` (read it
-first); this module computes the same numbers faster on NumPy arrays.
-
-Notation
---------
-N  batch     C  input channels    H, W    input size      F  filters (output channels)
-KH, KW  kernel size     SH, SW  stride     PH, PW  zero padding
-OH = (H + 2*PH - KH) // SH + 1      OW = (W + 2*PW - KW) // SW + 1
-P = OH*OW (output positions per image),  K = C*KH*KW (one column's length)
+first); this module computes the same numbers faster on NumPy arrays. The
+notation is that module's: x (N, C, H, W), weight (F, C, KH, KW), output
+(N, F, OH, OW), P = OH*OW positions per image, K = C*KH*KW per column.
 
 The arithmetic is three matrix products, one per pass::
 

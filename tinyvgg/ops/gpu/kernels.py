@@ -85,6 +85,26 @@ KERNEL_PARAMS = {
                    + _GEOMETRY,
 }
 
+
+def _each_window_of_pixel(inner):
+    """CUDA loops over the windows that contain padded pixel (hp, wp), shared by the
+    two gather kernels: offset (i, j) of output (oh, ow) read the pixel exactly when
+    hp = oh*SH + i and wp = ow*SW + j, with oh, ow in range. ``inner`` runs for each."""
+    return r"""        for (int i = 0; i < KH; ++i) {
+            const int dh = hp - i;              /* = oh*SH when output row oh read this pixel */
+            if (dh < 0 || dh % SH != 0) continue;
+            const int oh = dh / SH;
+            if (oh >= OH) continue;
+            for (int j = 0; j < KW; ++j) {
+                const int dw = wp - j;
+                if (dw < 0 || dw % SW != 0) continue;
+                const int ow = dw / SW;
+                if (ow >= OW) continue;""" + inner.rstrip() + r"""
+            }
+        }
+"""
+
+
 # The body of each kernel. ``idx`` is the flat index of this thread's element,
 # inside a grid-stride loop that the template adds around the body. Only the
 # first split of ``idx`` needs 64 bits (TINYVGG_DIV: a 32-bit division whenever
@@ -130,22 +150,11 @@ KERNEL_BODIES = {
         const int hp = h + PH;                  /* coordinates in the padded image */
         const int wp = w + PW;
         T sum = (T)0;
-        for (int i = 0; i < KH; ++i) {
-            const int dh = hp - i;              /* = oh*SH when output row oh read this pixel */
-            if (dh < 0 || dh % SH != 0) continue;
-            const int oh = dh / SH;
-            if (oh >= OH) continue;
-            for (int j = 0; j < KW; ++j) {
-                const int dw = wp - j;
-                if (dw < 0 || dw % SW != 0) continue;
-                const int ow = dw / SW;
-                if (ow >= OW) continue;
+""" + _each_window_of_pixel(r"""
                 const long long row = (long long)(c * KH + i) * KW + j;
                 const long long q = (long long)oh * OW + ow;
                 sum += knp ? cols[(row * N + n) * P + q] : cols[(n * K + row) * P + q];
-            }
-        }
-        x[idx] = sum;
+""") + r"""        x[idx] = sum;
     """,
     # one thread per output; total = N*C*OH*OW
     "maxpool_fwd": r"""
@@ -176,21 +185,10 @@ KERNEL_BODIES = {
         const int hp = h + PH;
         const int wp = w + PW;
         T sum = (T)0;
-        for (int i = 0; i < KH; ++i) {
-            const int dh = hp - i;
-            if (dh < 0 || dh % SH != 0) continue;
-            const int oh = dh / SH;
-            if (oh >= OH) continue;
-            for (int j = 0; j < KW; ++j) {
-                const int dw = wp - j;
-                if (dw < 0 || dw % SW != 0) continue;
-                const int ow = dw / SW;
-                if (ow >= OW) continue;
+""" + _each_window_of_pixel(r"""
                 const long long o = (nc * OH + oh) * OW + ow;
                 if ((int)argmax[o] == i * KW + j) sum += dy[o];
-            }
-        }
-        dx[idx] = sum;
+""") + r"""        dx[idx] = sum;
     """,
 }
 
