@@ -49,7 +49,7 @@ backend.use_fast(True)
 def train(fast, steps=4):
     """A narrow VGG-11 (float64, no dropout) trained a few SGD steps on one batch
     (so the loss must fall), on one path. Returns (losses, final weights, seconds
-    per step, the fastest step)."""
+    of the fastest step)."""
     old = backend.use_fast(fast)
     try:
         backend.seed(0)
@@ -101,7 +101,8 @@ def best_time(fn, repeats=7):
 
 
 def conv_pass(x, w, **kw):
-    """One forward and backward pass of a 3x3 'same' convolution; returns (y, dx, dw)."""
+    """One forward and backward pass of a 'same' convolution (3x3 or 1x1, no bias);
+    returns (y, dx, dw)."""
     y, cache = conv2d_forward(x, w, None, 1, (w.shape[2] - 1) // 2, **kw)
     dx, dw, _ = conv2d_backward(np.ones_like(y), cache)
     return y, dx, dw
