@@ -130,7 +130,7 @@ def release_scratch():
     """Drop tinyvgg's reusable scratch buffers (if the ops keep any), so that a
     memory measurement counts their allocation too."""
     try:
-        from tinyvgg.ops import scratch
+        from tinyvgg.ops.cpu import scratch
         scratch.clear()
     except ImportError:
         pass
@@ -150,8 +150,9 @@ def profile_conv(x, w, b, dy, repeats=3):
 
     from threadpoolctl import threadpool_limits
 
-    from tinyvgg.ops import conv as conv_mod
-    from tinyvgg.ops import conv2d_backward, conv2d_forward, parallel
+    from tinyvgg.ops.cpu import conv as conv_mod
+    from tinyvgg.ops import conv2d_backward, conv2d_forward
+    from tinyvgg.ops.cpu import parallel
     acc = defaultdict(float)
     originals = {name: getattr(conv_mod, name) for name in CONV_STAGES}
 

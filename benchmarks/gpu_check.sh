@@ -4,7 +4,7 @@
 #   1. the card (nvidia-smi) and the versions (CuPy, PyTorch, cuDNN, TF32 settings);
 #   2. the GPU tests:       python3 -m pytest -m gpu tests/test_gpu.py -q
 #   3. the target: one VGG-16 training step at 224x224, batch 32, tinyvgg (as wired, and
-#      with the CUDA kernels of tinyvgg/ops/cuda_kernels.py forced in) against PyTorch
+#      with the CUDA kernels of tinyvgg/ops/gpu/ forced in) against PyTorch
 #      (cuDNN), in float32 (CUPY_TF32=0; PyTorch with and without its default TF32
 #      convolutions);
 #   4. layer benchmarks:    python3 benchmarks/bench_layers.py --device gpu  (PyTorch alongside)
@@ -132,7 +132,7 @@ from tinyvgg import layers as L  # noqa: E402
 from tinyvgg import ops  # noqa: E402
 from tinyvgg.losses import SoftmaxCrossEntropy  # noqa: E402
 from tinyvgg.models import vgg  # noqa: E402
-from tinyvgg.ops import cuda_kernels as ck  # noqa: E402
+from tinyvgg.ops import gpu as ck  # noqa: E402
 from tinyvgg.optim import SGD  # noqa: E402
 
 out_md, label, card = sys.argv[1], sys.argv[2], sys.argv[3]

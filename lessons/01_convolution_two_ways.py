@@ -2,8 +2,12 @@
 
 Every layer of VGG's body is a 3x3 convolution with stride 1 and padding 1
 (paper, section 2.1). Here we compute one twice: with the plain loops of
-tinyvgg.reference, and the way tinyvgg really does it: copy every 3x3 window
-into a column (im2col), then multiply all the columns by the filter matrix at once.
+tinyvgg.reference, and the way tinyvgg computes it: copy every 3x3 window into a
+column (im2col), then multiply all the columns by the filter matrix at once.
+That is literally the code at the top of tinyvgg/ops/conv.py
+(conv2d_forward_simple, which every network runs with TINYVGG_FAST=0); the
+default fast path computes the same numbers with the data moved more cleverly
+(lesson 13 takes it apart).
 
 Run:  python lessons/01_convolution_two_ways.py   [--no-pause]
 """
@@ -15,7 +19,7 @@ from _lesson import say, step
 
 import numpy as np
 
-from tinyvgg.ops import conv2d_forward, im2col
+from tinyvgg.ops import conv2d_forward, conv2d_forward_simple, im2col
 from tinyvgg.reference import conv2d_forward_loop
 
 step("A tiny image and a filter")
@@ -97,15 +101,25 @@ t0 = time.perf_counter()
 y_loop = conv2d_forward_loop(x, w, b, padding=1)
 t_loop = time.perf_counter() - t0
 t0 = time.perf_counter()
+y_simple, _ = conv2d_forward_simple(x, w, b, padding=1)
+t_simple = time.perf_counter() - t0
+t0 = time.perf_counter()
 y_fast, _ = conv2d_forward(x, w, b, padding=1)
 t_fast = time.perf_counter() - t0
-print(f"output {y_fast.shape}: same H and W as the input, thanks to padding 1")
-print(f"loops:                   {t_loop * 1e3:8.2f} ms")
-print(f"im2col + matmul (ops):   {t_fast * 1e3:8.2f} ms")
-print(f"largest difference loops vs im2col: {np.abs(y_loop - y_fast).max():.2e}")
+print(f"output {y_simple.shape}: same H and W as the input, thanks to padding 1")
+print(f"loops:                                  {t_loop * 1e3:8.2f} ms")
+print(f"im2col + matmul (conv2d_forward_simple): {t_simple * 1e3:8.2f} ms")
+print(f"the fast path (conv2d_forward):          {t_fast * 1e3:8.2f} ms")
+print(f"largest difference loops vs im2col: {np.abs(y_loop - y_simple).max():.2e}")
+say("""
+    conv2d_forward_simple is the three lines above (im2col, one product, the
+    bias), so its result is identical to ours bit for bit. conv2d_forward, what
+    the layers call, takes the fast path; it agrees to the last few digits.
+""")
+np.testing.assert_array_equal(y_simple, y_mat)
 np.testing.assert_allclose(y_mat, y_loop, rtol=1e-10, atol=1e-10)
 np.testing.assert_allclose(y_fast, y_loop, rtol=1e-10, atol=1e-10)
-assert y_fast.shape == (N, F, H, W)
+assert y_simple.shape == y_fast.shape == (N, F, H, W)
 
 step("Stride 2 -- fewer windows, fewer columns")
 say("""

@@ -11,7 +11,7 @@ and a CUDA device; everywhere else every test here is skipped with the reason.
   are drawn on the device that holds the activations and differ between
   devices);
 - a checkpoint saved on the GPU loads on the CPU, and the reverse;
-- the CUDA kernels of :mod:`tinyvgg.ops.cuda_kernels` equal their NumPy twins,
+- the CUDA kernels of :mod:`tinyvgg.ops.gpu.kernels` equal their NumPy twins,
   64-bit indexing included;
 - an out-of-memory error is recognised and explained;
 - a training step copies only its batch to the GPU and nothing back.
@@ -33,8 +33,9 @@ from tinyvgg.gradcheck import check_gradients
 from tinyvgg.losses import SoftmaxCrossEntropy
 from tinyvgg.models import vgg
 from tinyvgg.ops import col2im, im2col, maxpool2d_backward, maxpool2d_forward
-from tinyvgg.ops import cuda_kernels as ck
-from tinyvgg.ops.kernel_twins import (col2im_twin, im2col_twin, maxpool2d_backward_twin,
+from tinyvgg.ops import gpu as ops_gpu
+from tinyvgg.ops.gpu import kernels as ck
+from tinyvgg.ops.gpu.twins import (col2im_twin, im2col_twin, maxpool2d_backward_twin,
                                       maxpool2d_forward_twin)
 from tinyvgg.optim import SGD
 from tests.test_kernel_twins import _pool_input, window_case
@@ -348,10 +349,10 @@ def test_gpu_convolution_equals_the_cpu(gpu, dtype, shape, k, s, p):
     backend.use(gpu)
     tol = F32_TOL if dtype == np.float32 else 1e-12
     for chunk in (None, 1):
-        y, cache = ck.conv2d_forward_gpu(backend.to_device(x), backend.to_device(wt), backend.to_device(b),
+        y, cache = ops_gpu.conv2d_forward_gpu(backend.to_device(x), backend.to_device(wt), backend.to_device(b),
                                          s, p, chunk_bytes=chunk)
         _assert_close(backend.to_host(y), y_cpu, "conv forward", tol)
-        dx, dw, db = ck.conv2d_backward_gpu(backend.to_device(dy), cache)
+        dx, dw, db = ops_gpu.conv2d_backward_gpu(backend.to_device(dy), cache)
         _assert_close(backend.to_host(dx), dx_cpu, "conv dx", tol)
         _assert_close(backend.to_host(dw), conv.grads["weight"], "conv dw", tol)
         _assert_close(backend.to_host(db), conv.grads["bias"], "conv db", tol)
@@ -406,7 +407,7 @@ def test_out_of_memory_is_recognised_and_explained(gpu):
     cp = gpu.xp
     with pytest.raises(Exception) as e:
         cp.empty(1 << 52, dtype=cp.uint8)  # 4 PiB
-    assert ck.is_out_of_memory(e.value), f"{type(e.value).__module__}.{type(e.value).__name__}: {e.value}"
-    msg = ck.oom_message(256, e.value)
+    assert ops_gpu.is_out_of_memory(e.value), f"{type(e.value).__module__}.{type(e.value).__name__}: {e.value}"
+    msg = ops_gpu.oom_message(256, e.value)
     assert "batch size 256" in msg and "--batch-size 128" in msg and type(e.value).__name__ in msg
-    assert not ck.is_out_of_memory(ValueError("not memory"))
+    assert not ops_gpu.is_out_of_memory(ValueError("not memory"))

@@ -1,9 +1,9 @@
 """The GPU kernels' NumPy twins, and the CUDA sources themselves, checked on the CPU.
 
-1. The twins (:mod:`tinyvgg.ops.kernel_twins`) equal :mod:`tinyvgg.ops` and the
+1. The twins (:mod:`tinyvgg.ops.gpu.twins`) equal :mod:`tinyvgg.ops` and the
    loop references of :mod:`tinyvgg.reference` on shapes drawn by hypothesis
    (batch, channels, height, width, kernel, stride, padding, non-square included).
-2. The CUDA sources of :mod:`tinyvgg.ops.cuda_kernels` are compiled with the
+2. The CUDA sources of :mod:`tinyvgg.ops.gpu.kernels` are compiled with the
    machine's C++ compiler, with a few lines that make ``__global__``, ``blockIdx``
    and friends plain C++, and run with one loop iteration per CUDA thread. The
    public GPU functions (``im2col_gpu``, ``col2im_gpu``, the max-pool and the
@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 
 from tinyvgg import backend
 from tinyvgg.ops import (col2im, conv_output_size, im2col, maxpool2d_backward, maxpool2d_forward)
-from tinyvgg.ops import cuda_kernels as ck
-from tinyvgg.ops.kernel_twins import (col2im_twin, im2col_twin, maxpool2d_backward_twin,
+from tinyvgg.ops import gpu
+from tinyvgg.ops.gpu import kernels as ck
+from tinyvgg.ops.gpu.twins import (col2im_twin, im2col_twin, maxpool2d_backward_twin,
                                       maxpool2d_forward_twin)
 from tinyvgg.reference import (conv2d_backward_loop, conv2d_forward_loop, maxpool2d_backward_loop,
                                maxpool2d_forward_loop)
@@ -194,7 +195,7 @@ class Emulator:
         return cls(lib)
 
     def __call__(self, kind, dtype, index_dtype, grid, block, args):
-        """Stands in for ``cuda_kernels._run_kernel``."""
+        """Stands in for ``ops.gpu.kernels._run_kernel``."""
         name, _ = ck.kernel_source(kind, dtype, index_dtype)
         params = ck.kernel_params(kind, dtype, index_dtype)
         assert len(args) == len(params), f"{name}: {len(args)} arguments for {len(params)} parameters"
@@ -325,14 +326,14 @@ def test_emulated_gpu_convolution_equals_the_loop_reference(on_emulator, case, r
     wt = r.standard_normal((f, c) + k)
     b = r.standard_normal(f)
     chunk = 1 if chunked else None  # 1 byte: one image per chunk
-    y, cache = ck.conv2d_forward_gpu(_dev(x), _dev(wt), _dev(b), s, p, relu=relu, chunk_bytes=chunk)
-    assert isinstance(cache, ck.GPUConvCache)
+    y, cache = gpu.conv2d_forward_gpu(_dev(x), _dev(wt), _dev(b), s, p, relu=relu, chunk_bytes=chunk)
+    assert isinstance(cache, gpu.GPUConvCache)
     y_ref = conv2d_forward_loop(x, wt, b, s, p)
     if relu:
         y_ref = np.maximum(y_ref, 0)
     np.testing.assert_allclose(_host(y), y_ref, rtol=1e-10, atol=1e-12)
     dy = r.standard_normal(y.shape)
-    dx, dw, db = ck.conv2d_backward_gpu(_dev(dy), cache)
+    dx, dw, db = gpu.conv2d_backward_gpu(_dev(dy), cache)
     if relu:
         dy = dy * (y_ref > 0)
     dx_r, dw_r, db_r = conv2d_backward_loop(dy, x, wt, s, p)
@@ -344,10 +345,10 @@ def test_emulated_gpu_convolution_equals_the_loop_reference(on_emulator, case, r
 def test_emulated_pointwise_convolution_and_no_bias(on_emulator, chunk):
     r = np.random.default_rng(5)
     x, wt = r.standard_normal((3, 4, 5, 6)), r.standard_normal((2, 4, 1, 1))
-    y, cache = ck.conv2d_forward_gpu(_dev(x), _dev(wt), None, 1, 0, chunk_bytes=chunk)
+    y, cache = gpu.conv2d_forward_gpu(_dev(x), _dev(wt), None, 1, 0, chunk_bytes=chunk)
     np.testing.assert_allclose(_host(y), conv2d_forward_loop(x, wt, None), rtol=1e-12)
     dy = r.standard_normal(y.shape)
-    dx, dw, db = ck.conv2d_backward_gpu(_dev(dy), cache)
+    dx, dw, db = gpu.conv2d_backward_gpu(_dev(dy), cache)
     dx_r, dw_r, _ = conv2d_backward_loop(dy, x, wt)
     assert db is None
     np.testing.assert_allclose(_host(dx), dx_r, rtol=1e-12)
@@ -379,9 +380,9 @@ def test_gpu_functions_refuse_host_arrays_and_other_dtypes(on_emulator):
 
 def test_module_imports_without_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"  # any 'import cupy' now raises ImportError
-            "from tinyvgg.ops import cuda_kernels, kernel_twins\n"
+            "from tinyvgg.ops.gpu import conv, kernels, memory, twins\n"
             "import numpy as np\n"
-            "print(cuda_kernels.kernel_source('im2col', np.float32)[0])")
+            "print(kernels.kernel_source('im2col', np.float32)[0])")
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert out.returncode == 0, out.stderr
@@ -430,25 +431,25 @@ class CUDARuntimeError(RuntimeError):
 
 
 def test_is_out_of_memory_recognises_cupys_error_by_name():
-    assert ck.is_out_of_memory(OutOfMemoryError("Out of memory allocating 1,024 bytes"))
-    assert ck.is_out_of_memory(SubclassOfIt("x"))
-    assert ck.is_out_of_memory(CUDARuntimeError("cudaErrorMemoryAllocation: out of memory"))
-    assert not ck.is_out_of_memory(CUDARuntimeError("cudaErrorIllegalAddress: an illegal memory access"))
-    assert not ck.is_out_of_memory(MemoryError("host memory"))  # the host's, not the GPU's
-    assert not ck.is_out_of_memory(ValueError("out of memory"))  # not a CUDA error
-    assert not ck.is_out_of_memory(RuntimeError())
-    assert not ck.is_out_of_memory("OutOfMemoryError")
+    assert gpu.is_out_of_memory(OutOfMemoryError("Out of memory allocating 1,024 bytes"))
+    assert gpu.is_out_of_memory(SubclassOfIt("x"))
+    assert gpu.is_out_of_memory(CUDARuntimeError("cudaErrorMemoryAllocation: out of memory"))
+    assert not gpu.is_out_of_memory(CUDARuntimeError("cudaErrorIllegalAddress: an illegal memory access"))
+    assert not gpu.is_out_of_memory(MemoryError("host memory"))  # the host's, not the GPU's
+    assert not gpu.is_out_of_memory(ValueError("out of memory"))  # not a CUDA error
+    assert not gpu.is_out_of_memory(RuntimeError())
+    assert not gpu.is_out_of_memory("OutOfMemoryError")
 
 
 def test_is_out_of_memory_recognises_memory_errors_raised_by_cuda_modules():
     cls = type("AllocError", (MemoryError,), {"__module__": "cupy.cuda.memory"})
-    assert ck.is_out_of_memory(cls("failed"))
+    assert gpu.is_out_of_memory(cls("failed"))
 
 
 def test_oom_message_names_the_batch_size_and_a_smaller_one():
-    msg = ck.oom_message(64, OutOfMemoryError("Out of memory allocating 8,589,934,592 bytes"))
+    msg = gpu.oom_message(64, OutOfMemoryError("Out of memory allocating 8,589,934,592 bytes"))
     assert "batch size 64" in msg and "--batch-size 32" in msg
     assert "OutOfMemoryError: Out of memory allocating 8,589,934,592 bytes" in msg
-    assert "--eval-batch-size 128" in ck.oom_message(256, OutOfMemoryError("x"), flag="--eval-batch-size")
-    one = ck.oom_message(1, OutOfMemoryError("x"))
+    assert "--eval-batch-size 128" in gpu.oom_message(256, OutOfMemoryError("x"), flag="--eval-batch-size")
+    one = gpu.oom_message(1, OutOfMemoryError("x"))
     assert "batch size 1" in one and "--batch-size" not in one and "--width" in one

@@ -1,6 +1,6 @@
 """The fast paths of the ops equal the loop references and each other.
 
-The convolution has several routes (see :mod:`tinyvgg.ops.conv`): wide or
+The convolution has several routes (see :mod:`tinyvgg.ops.cpu.conv`): wide or
 compact columns, chunks of the batch (run in worker threads or not), dx as a
 convolution or through col2im, a fused ReLU, and scratch buffers reused between
 calls; max-pooling has a 2x2/stride-2 route. Each is checked against
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tinyvgg import layers as L
-from tinyvgg.ops import conv as conv_mod
+from tinyvgg.ops.cpu import conv as conv_mod
 from tinyvgg.ops import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward
-from tinyvgg.ops import parallel, scratch
+from tinyvgg.ops.cpu import parallel, scratch
 from tinyvgg.reference import (conv2d_backward_loop, conv2d_forward_loop, maxpool2d_backward_loop,
                                maxpool2d_forward_loop)
 
@@ -250,3 +250,38 @@ def test_parallel_run_raises_a_task_error_and_restores_blas(threads):
     with pytest.raises(ValueError, match="task 1 failed"):
         parallel.run(task, [(0,), (1,), (2,)])
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
+
+
+@pytest.mark.parametrize("name", sorted(conv_mod.OPTIMISATIONS))
+@pytest.mark.parametrize("route", ["wide_3x3_same", "compact_small_map", "first_layer_c_much_smaller_than_f"])
+def test_each_optimisation_switched_off_still_matches_reference(name, route, monkeypatch):
+    """Lesson 13 times each optimisation off and on: off, the numbers stay right."""
+    monkeypatch.setitem(conv_mod.OPTIMISATIONS, name, False)
+    n, c, f, h, w, k, s, p = ROUTES[route]
+    _, x, wt, b = _case(11, n, c, f, h, w, k)
+    _check_against_reference(x, wt, b, s, p)
+    _, x1, w1, b1 = _case(12, 2, 3, 4, 5, 6, (1, 1))  # the 1x1 shortcut, or im2col without it
+    _check_against_reference(x1, w1, b1, 1, 0)
+
+
+def test_switching_wide_columns_off_takes_the_compact_layout(monkeypatch):
+    n, c, f, h, w, k, s, p = ROUTES["wide_3x3_same"]
+    assert conv_mod._Geometry((n, c, h, w), f, k, s, p, 8).wide
+    monkeypatch.setitem(conv_mod.OPTIMISATIONS, "wide_columns", False)
+    assert not conv_mod._Geometry((n, c, h, w), f, k, s, p, 8).wide
+
+
+def test_scratch_limit_zero_turns_reuse_off():
+    old = scratch.limit()
+    try:
+        scratch.clear()
+        scratch.set_limit(0)
+        first = scratch.take((1 << 20,), np.uint8)
+        del first
+        assert scratch.nbytes() == 0  # never pooled: a buffer larger than the cap
+    finally:
+        scratch.set_limit(old)
+    first = scratch.take((1 << 20,), np.uint8)
+    assert scratch.nbytes() == 1 << 20
+    del first
+    scratch.clear()

@@ -28,6 +28,16 @@ Transfers
 device (``transfer_counts()``), so a test can assert how many a training step
 makes.
 
+Fast paths
+----------
+The ops (:mod:`tinyvgg.ops`) have a textbook version of every operation (im2col,
+one matrix product, col2im) and faster ones (the CUDA kernels on the GPU; chunks,
+wide columns, scratch buffers and worker threads on the CPU). ``use_fast(False)``
+(or the environment variable ``TINYVGG_FAST=0`` at import) makes every op take
+the textbook version, on either device, so that a whole network trains on it;
+``use_fast(True)`` (the default) turns the fast paths back on. ``fast()`` says
+which is in use. Both give the same numbers up to rounding.
+
 Randomness
 ----------
 ``seed(n)`` reseeds the generator used for weight initialisation, dropout
@@ -62,6 +72,8 @@ __all__ = [
     "transfer_counts",
     "reset_transfer_counts",
     "gpu_available",
+    "use_fast",
+    "fast",
 ]
 
 
@@ -108,7 +120,7 @@ class Device:
 CPU = Device("cpu", numpy, numpy.ndarray, True)
 
 _state = threading.local()
-_global = {"device": CPU, "seed": 0}
+_global = {"device": CPU, "seed": 0, "fast": True}
 _host_rng = numpy.random.default_rng(0)
 _device_rng = {"gen": None, "for": None}
 _transfers = {"host_to_device": 0, "device_to_host": 0}
@@ -261,6 +273,20 @@ def move(a):
     return to_device(to_host(a) if not is_device_array(a) else a)
 
 
+def use_fast(on=True):
+    """Let the ops take their fast paths (``True``, the default) or only the
+    textbook ones (``False``). Returns the previous setting, so that
+    ``old = use_fast(False); ...; use_fast(old)`` restores it."""
+    old = _global["fast"]
+    _global["fast"] = bool(on)
+    return old
+
+
+def fast():
+    """True when the ops may take their fast paths (see :func:`use_fast`)."""
+    return _global["fast"]
+
+
 def transfer_counts():
     """``{"host_to_device": n, "device_to_host": m}`` since the last reset."""
     return dict(_transfers)
@@ -336,6 +362,11 @@ def _init_from_env():
     name = os.environ.get("TINYVGG_DEVICE", "").strip().lower()
     if name:
         use(name)
+    flag = os.environ.get("TINYVGG_FAST", "").strip().lower()
+    if flag:
+        if flag not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+            raise ValueError(f"TINYVGG_FAST={flag!r}: expected 0 (textbook ops only) or 1 (fast paths)")
+        use_fast(flag in ("1", "true", "yes", "on"))
 
 
 _init_from_env()

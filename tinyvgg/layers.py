@@ -30,9 +30,8 @@ import math
 import numpy as np
 
 from . import backend
-from .ops import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward, pair
-from .ops.im2col import conv_output_size
-from .ops.parallel import matmul
+from .ops import (conv2d_backward, conv2d_forward, conv_output_size, matmul, maxpool2d_backward,
+                  maxpool2d_forward, pair)
 
 __all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
            "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
@@ -326,7 +325,7 @@ class Linear(Layer):
 
     def forward(self, x, train=False):
         self._check_input(x, ndim=2, channels=self.in_features, what="(N, in_features)")
-        # ops.parallel.matmul: one single-threaded BLAS block per core; OpenBLAS's own
+        # ops.matmul: one single-threaded BLAS block per core; OpenBLAS's own
         # threads stall on these small products when the machine is busy.
         y = matmul(x, self.params["weight"].T)
         if "bias" in self.params:

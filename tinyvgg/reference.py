@@ -1,6 +1,6 @@
 """Loop versions of convolution and max-pooling: slow, plain, obviously right.
 
-These define what correct means. The tests compare the fast im2col/strided
+These define what correct means. The tests compare the textbook and the fast
 versions in :mod:`tinyvgg.ops` with them on shapes drawn by hypothesis, and the
 lessons print them side by side. Host (NumPy) arrays only.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops.im2col import conv_output_size, pair
+from .ops.shapes import conv_output_size, pair
 
 __all__ = ["conv2d_forward_loop", "conv2d_backward_loop",
            "maxpool2d_forward_loop", "maxpool2d_backward_loop"]

@@ -161,7 +161,7 @@ class _Interrupted(Exception):
 
 
 def _reraise_oom(e, batch_size, flag):
-    from .ops.cuda_kernels import is_out_of_memory, oom_message
+    from .ops.gpu import is_out_of_memory, oom_message
     if is_out_of_memory(e):
         raise GPUOutOfMemory(oom_message(batch_size, e, flag=flag)) from e
 

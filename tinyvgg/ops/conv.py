@@ -7,345 +7,98 @@ KH, KW  kernel size     SH, SW  stride     PH, PW  zero padding
 OH = (H + 2*PH - KH) // SH + 1      OW = (W + 2*PW - KW) // SW + 1
 P = OH*OW (output positions per image),  K = C*KH*KW (one column's length)
 
-The arithmetic is three matrix products, one per pass::
+The textbook version comes first (CS231n's ``conv_forward_im2col``, the
+``Convolution`` layer of Deep Learning from Scratch): every window becomes a
+column, and one matrix product does all the arithmetic::
 
-    forward:   y    = W2 @ cols + b          W2 = weight.reshape(F, K), cols = im2col(x)
-    backward:  dW2  = dy @ cols.T            (the sum over the batch is inside the product)
-               db   = sum of dy over n, oh, ow
-               dx   = col2im(W2.T @ dy)
+    forward:   cols = im2col(x)                  (N, K, P)
+               y    = W2 @ cols + b              W2 = weight.reshape(F, K) -> (N, F, P)
+    backward:  dW2  = sum over n of dy @ cols.T  (F, K)
+               db   = sum of dy over n, oh, ow   (F,)
+               dx   = col2im(W2.T @ dy)          (N, C, H, W)
 
-and NumPy hands each product to BLAS. Everything else only moves data, and how
-it moves decides the speed. What this module does about it (each measured in
-``benchmarks/bench_layers.py``; see ``benchmarks/README.md``):
+with the same ``im2col``/``col2im`` the lessons print (:mod:`tinyvgg.ops.im2col`).
 
-1. **One product per chunk of images, not one per image.** The columns of a
-   chunk of ``m`` images are laid out as one (K, m*P) matrix, so that
-   ``W2 @ cols`` is a single well-shaped GEMM even when P is tiny (P = 4 on a
-   2x2 feature map, where a per-image product would be a 512 x 4608 x 4 GEMM).
-   The product comes out as (F, m, P); copying it into the (m, F, OH, OW) output
-   ("folding") is one pass, and the bias (and optionally a ReLU) rides along.
-
-2. **Chunks bound the memory.** The batch is processed ``m`` images at a time,
-   ``m`` chosen so that a chunk's columns stay below ``CHUNK_BYTES`` (at least
-   one image). Backward recomputes the columns chunk by chunk instead of keeping
-   all of them from the forward pass (the forward cache holds only x and the
-   weights): a copy is cheap next to the product it feeds, and the columns of a
-   whole batch are 9x the input (925 MB for 8 images of 64 x 224 x 224).
-
-3. **"Wide" columns for stride 1.** With stride 1, window offset (i, j) of every
-   output position is the zero-padded image shifted by i rows and j columns. If
-   the output row is given the padded width Wp = W + 2*PW (OW real positions plus
-   KW - 1 junk ones), that shift is a shift of the *flattened* padded image by
-   i*Wp + j, so each row of ``cols`` is one contiguous run of OH*Wp values: im2col
-   becomes KH*KW*C long memcpy's instead of short strided copies. The junk
-   positions of the product are dropped when folding; in backward, the matching
-   positions of dy are set to zero, so they add nothing to dW. Used when the junk
-   is at most an eighth of the row (OW >= 8*(KW - 1), ``WIDE_MIN_OW_PER_JUNK``).
-
-   Small maps (and strides > 1) use "compact" columns without junk, ordered with
-   the *batch innermost*: the chunk is first copied to a padded (C, Hp, Wp, m)
-   array, so that the values one window offset reads for one output row are a
-   single run of OW*m numbers. (Ordered per image, a 4x4 map would copy runs of
-   4 numbers, and the copy took longer than the product.)
-
-4. **dx as a convolution.** For stride 1 (and PH <= KH - 1, PW <= KW - 1), the
-   gradient of the input is itself a convolution: dy, zero-padded by
-   (KH-1-PH, KW-1-PW), correlated with the weights flipped in both spatial axes
-   and with F and C swapped. So backward reuses the forward code (wide columns
-   of dy, one product, fold) instead of col2im, whose KH*KW read-modify-write
-   passes over an accumulating buffer cost more than the copies of im2col.
-   Other strides use col2im.
-
-5. **Scratch buffers are reused** (:mod:`tinyvgg.ops.scratch`): the padded chunk,
-   the columns and the raw product come from a pool, so the next call does not
-   page-fault fresh memory. A buffer is reused only when nothing references it.
-
-6. **Chunks run on all cores** (:mod:`tinyvgg.ops.parallel`): when the product
-   is big enough to share (``MIN_TASK_FLOPS``), there is at least one chunk per
-   core and each core runs whole chunks (copy, single-threaded product, fold),
-   so no core idles while another copies. dW and db are summed per chunk and
-   added in chunk order, so results do not depend on thread timing.
-
-7. **dW's product is oriented** so that OpenBLAS runs it well: ``cols @ dy.T``
-   (giving dW transposed) when K > F, ``dy @ cols.T`` otherwise. The other way
-   round, a long-inner-dimension product with a short first side, ran several
-   times slower with two BLAS threads.
-
-A 1x1 convolution with stride 1 and no padding needs no im2col at all: the image
-itself, viewed as (N, C, H*W), already is its column matrix (a batched product).
-
-The loop versions in :mod:`tinyvgg.reference` define what correct means; the
-tests compare these functions with them.
+:func:`conv2d_forward` and :func:`conv2d_backward` are what the layers call. They
+pick a path (see :mod:`tinyvgg.ops.paths`): the CUDA kernels for an array on the
+GPU (:mod:`tinyvgg.ops.gpu`), the fast CPU code for a NumPy array
+(:mod:`tinyvgg.ops.cpu`: chunks, wide columns, scratch buffers, worker threads),
+and the textbook functions below when the fast paths are off
+(``tinyvgg.backend.use_fast(False)`` or ``TINYVGG_FAST=0``). All three compute
+the same numbers; ``tests/test_ops.py`` checks them against the loops of
+:mod:`tinyvgg.reference`, and ``lessons/13_simple_and_fast.py`` times them.
 """
 
 from __future__ import annotations
 
 from ..backend import get_array_module
-from . import parallel, scratch
-from .im2col import as_strided, conv_output_size, on_gpu, pad_input, pair
+from . import cpu, gpu
+from .im2col import col2im, im2col
+from .paths import choose_path
+from .shapes import conv_output_size, pair
 
-__all__ = ["conv2d_forward", "conv2d_backward", "CHUNK_BYTES"]
-
-CHUNK_BYTES = 48 << 20  # bound on one chunk's columns (at least one image is taken)
-WIDE_MIN_OW_PER_JUNK = 8  # wide columns when OW >= 8 * (KW - 1): at most 12.5% junk
-MIN_TASK_FLOPS = parallel.MIN_TASK_FLOPS  # smallest product worth another worker thread
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_forward_simple", "conv2d_backward_simple"]
 
 
-class _Geometry:
-    """Sizes of one convolution and the layout of its columns.
-
-    ``row`` is the length of one output row in the columns (Wp for wide columns,
-    OW for compact ones), ``positions`` = OH * row per image, and ``chunk`` the
-    number of images per chunk.
-    """
-
-    def __init__(self, x_shape, f, kernel, stride, padding, itemsize, chunk_bytes=None):
-        self.n, self.c, self.h, self.w = x_shape
-        self.kernel, self.stride, self.padding = kernel, stride, padding
-        (kh, kw), (ph, pw) = kernel, padding
-        self.oh = conv_output_size(self.h, kh, stride[0], ph)
-        self.ow = conv_output_size(self.w, kw, stride[1], pw)
-        self.k = self.c * kh * kw
-        self.wide = stride == (1, 1) and WIDE_MIN_OW_PER_JUNK * (kw - 1) <= self.ow
-        self.row = self.w + 2 * pw if self.wide else self.ow
-        self.positions = self.oh * self.row
-        budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        by_memory = budget // (self.k * self.positions * itemsize)
-        # One chunk per worker at least, when the product is big enough to share.
-        self.tasks = parallel.split(2 * f * self.k * self.oh * self.ow * self.n, MIN_TASK_FLOPS)
-        self.chunk = int(max(1, min(by_memory, -(-self.n // self.tasks))))
-
-    def chunks(self):
-        for n0 in range(0, self.n, self.chunk):
-            yield n0, min(n0 + self.chunk, self.n)
-
-
-def _columns(x, g):
-    """Columns of a chunk ``x`` (m, C, H, W): a (K, m*positions) scratch matrix,
-    rows ordered (c, i, j) like ``weight.reshape(F, K)``'s columns; positions
-    ordered (n, oh, t < Wp) for wide columns, (oh, ow, n) for compact ones."""
-    xp = get_array_module(x)
-    m = x.shape[0]
-    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-    hp, wp = g.h + 2 * ph, g.w + 2 * pw
-    if g.wide:
-        # One spare zero row: the junk positions of the last offsets read up to
-        # KW - 1 values past the padded image (the zeros keep them finite).
-        xpad = pad_input(x, (ph, pw), out=scratch.take((m, g.c, hp + 1, wp), x.dtype, xp))
-        s_n, s_c, s_h, s_w = xpad.strides
-        # src[c, i, j, n, t] = flattened xpad[n, c] at i*Wp + j + t: a run of OH*Wp values.
-        src = as_strided(xpad, (g.c, kh, kw, m, g.positions), (s_c, s_h, s_w, s_n, s_w))
-        cols = scratch.take((g.c, kh, kw, m, g.positions), x.dtype, xp)
-    else:
-        # Small maps: the image's rows are too short for long copies, so the batch
-        # becomes the innermost axis. The padded chunk is stored (C, Hp, Wp, m), and
-        # the window values of one (c, i, j, oh) then sit in one run of OW*m values
-        # (with stride 1; runs of m otherwise).
-        xpad = _pad_batch_minor(x, (ph, pw), scratch.take((g.c, hp, wp, m), x.dtype, xp))
-        s_c, s_h, s_w, s_n = xpad.strides
-        src = as_strided(xpad, (g.c, kh, kw, g.oh, g.ow, m),
-                         (s_c, s_h, s_w, s_h * sh, s_w * sw, s_n))
-        cols = scratch.take((g.c, kh, kw, g.oh, g.ow, m), x.dtype, xp)
-    cols[...] = src
-    return cols.reshape(g.k, m * g.positions)
-
-
-def _pad_batch_minor(x, padding, out):
-    """``out`` (C, H + 2*PH, W + 2*PW, m) = x (m, C, H, W) zero-padded, batch innermost."""
-    ph, pw = padding
-    m, c, h, w = x.shape
-    if ph or pw:
-        out[:, :ph] = 0
-        out[:, ph + h:] = 0
-        out[:, ph:ph + h, :pw] = 0
-        out[:, ph:ph + h, pw + w:] = 0
-    out[:, ph:ph + h, pw:pw + w] = x.transpose(1, 2, 3, 0)
-    return out
-
-
-def _product_view(a, m, g):
-    """The columns' product ``a`` (F, m*positions) as an (F, m, OH, OW) view,
-    junk positions dropped, whatever the layout."""
-    f = a.shape[0]
-    if g.wide:
-        return a.reshape(f, m, g.oh, g.row)[:, :, :, :g.ow]
-    return a.reshape(f, g.oh, g.ow, m).transpose(0, 3, 1, 2)
-
-
-def _fold(out, prod, g, bias=None, relu=False):
-    """Copy the product ``prod`` (F, m*positions) into ``out`` (m, F, OH, OW),
-    dropping junk positions, adding ``bias`` and applying a ReLU on the way."""
-    xp = get_array_module(prod)
-    m, f = out.shape[:2]
-    src = _product_view(prod, m, g)
-    dst = out.transpose(1, 0, 2, 3)  # a view: writing it writes ``out``
+def conv2d_forward_simple(x, weight, bias=None, stride=1, padding=0, *, relu=False):
+    """The textbook convolution: ``(y (N, F, OH, OW), cache)``; the cache keeps the columns."""
+    n, _, h, w = x.shape
+    f, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
+    cols = im2col(x, (kh, kw), (sh, sw), (ph, pw))          # (N, K, P)
+    y = weight.reshape(f, -1) @ cols                         # (F, K) @ (N, K, P) -> (N, F, P)
     if bias is not None:
-        xp.add(src, bias.reshape(f, 1, 1, 1), out=dst)
-    else:
-        dst[...] = src
+        y += bias.reshape(1, f, 1)
+    y = y.reshape(n, f, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw))
     if relu:
-        xp.maximum(dst, 0, out=dst)
+        y = get_array_module(y).maximum(y, 0)
+    return y, (cols, x.shape, weight, bias is not None, (sh, sw), (ph, pw), y if relu else None)
 
 
-def _spread(dy, g):
-    """dy of a chunk (m, F, OH, OW) laid out like the columns' product:
-    (F, m*positions), zero at the junk positions of wide columns."""
-    xp = get_array_module(dy)
-    m, f = dy.shape[:2]
-    out = scratch.take((f, m * g.positions), dy.dtype, xp)
-    _product_view(out, m, g)[...] = dy.transpose(1, 0, 2, 3)
-    if g.row > g.ow:
-        out.reshape(f, m, g.oh, g.row)[:, :, :, g.ow:] = 0
-    return out
-
-
-def _conv_chunk(out, x, w2, g, bias=None, relu=False):
-    """out (m, F, OH, OW) = conv of the chunk x; returns the chunk's columns."""
-    xp = get_array_module(x, w2)
-    cols = _columns(x, g)
-    prod = xp.matmul(w2, cols, out=scratch.take((w2.shape[0], cols.shape[1]), x.dtype, xp))
-    _fold(out, prod, g, bias, relu)
-    return cols
-
-
-def _is_pointwise(kernel, stride, padding):
-    return kernel == (1, 1) and stride == (1, 1) and padding == (0, 0)
+def conv2d_backward_simple(dy, cache, *, input_grad=True):
+    """Gradients of :func:`conv2d_forward_simple`: ``(dx, dweight, dbias)``."""
+    cols, x_shape, weight, has_bias, stride, padding, relu_y = cache
+    if relu_y is not None:
+        dy = dy * (relu_y > 0)                               # the ReLU's gate
+    n, f = dy.shape[:2]
+    dy = dy.reshape(n, f, -1)                                # (N, F, P)
+    w2 = weight.reshape(f, -1)                               # (F, K)
+    dw = (dy @ cols.transpose(0, 2, 1)).sum(axis=0)          # sum over n of (F, P) @ (P, K)
+    db = dy.sum(axis=(0, 2)) if has_bias else None
+    dx = col2im(w2.T @ dy, x_shape, weight.shape[2:], stride, padding) if input_grad else None
+    return dx, dw.reshape(weight.shape), db
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None):
     """Convolve ``x`` (N, C, H, W) with ``weight`` (F, C, KH, KW) plus ``bias`` (F,).
 
     Returns ``(y, cache)`` with ``y`` of shape (N, F, OH, OW); pass ``cache`` to
-    :func:`conv2d_backward`. The cache refers to ``x`` itself (backward recomputes
-    the columns from it), so ``x`` must not be changed in place before backward.
-    ``relu=True`` returns ``max(conv + bias, 0)``
-    (a fused ReLU; backward then takes the gradient of the ReLU too).
-    ``chunk_bytes`` overrides ``CHUNK_BYTES`` (tests use it to force chunking).
+    :func:`conv2d_backward`. The cache may refer to ``x`` itself (the fast CPU
+    path recomputes the columns from it), so ``x`` must not be changed in place
+    before backward. ``relu=True`` returns ``max(conv + bias, 0)`` (a fused ReLU;
+    backward then takes the gradient of the ReLU too). ``chunk_bytes`` overrides
+    the fast paths' bound on one chunk's columns (tests use it to force chunking).
+    Raises ``ValueError`` when the kernel is larger than the padded input.
     """
-    if on_gpu(x):  # CUDA kernels for im2col/col2im, cuBLAS for the products
-        from .cuda_kernels import conv2d_forward_gpu
-        return conv2d_forward_gpu(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
-    xp = get_array_module(x, weight)
-    n, c, h, w = x.shape
-    f, _, kh, kw = weight.shape
-    kernel, stride, padding = (kh, kw), pair(stride, "stride"), pair(padding, "padding")
-    w2 = weight.reshape(f, -1)
-    if _is_pointwise(kernel, stride, padding):
-        y = xp.matmul(w2, x.reshape(n, c, h * w))  # (F, C) @ (N, C, HW) -> (N, F, HW)
-        if bias is not None:
-            y += bias.reshape(1, f, 1)
-        if relu:
-            xp.maximum(y, 0, out=y)
-        y = y.reshape(n, f, h, w)
-    else:
-        g = _Geometry(x.shape, f, kernel, stride, padding, x.dtype.itemsize, chunk_bytes)
-        y = xp.empty((n, f, g.oh, g.ow), dtype=x.dtype)
-
-        def chunk(n0, n1):
-            _conv_chunk(y[n0:n1], x[n0:n1], w2, g, bias, relu)
-        parallel.run(chunk, g.chunks(), xp, threads=g.tasks > 1)
-    cache = (x, weight, bias is not None, stride, padding, y if relu else None, chunk_bytes)
-    return y, cache
+    path = choose_path(x)
+    if path == "gpu":  # CUDA kernels for im2col/col2im, cuBLAS for the products
+        return gpu.conv2d_forward_gpu(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
+    if path == "fast":
+        return cpu.conv2d_forward_fast(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
+    return conv2d_forward_simple(x, weight, bias, stride, padding, relu=relu)
 
 
 def conv2d_backward(dy, cache, *, input_grad=True):
-    """Gradients of :func:`conv2d_forward`.
+    """Gradients of :func:`conv2d_forward`, on the path its forward pass took.
 
     ``dy`` (N, F, OH, OW) -> ``(dx, dweight, dbias)`` with shapes (N, C, H, W),
     (F, C, KH, KW) and (F,) (``dbias`` is None when there was no bias).
     ``input_grad=False`` skips dx (returned as None): the first layer of a
     network needs no gradient for its input.
     """
-    from .cuda_kernels import GPUConvCache  # importable without CuPy
-    if isinstance(cache, GPUConvCache):  # the forward pass ran on the GPU
-        from .cuda_kernels import conv2d_backward_gpu
-        dx, dw, db = conv2d_backward_gpu(dy, cache)
+    if isinstance(cache, gpu.GPUConvCache):
+        dx, dw, db = gpu.conv2d_backward_gpu(dy, cache)
         return (dx if input_grad else None), dw, db
-    x, weight, has_bias, stride, padding, relu_y, chunk_bytes = cache
-    xp = get_array_module(dy, weight)
-    n, c, h, w = x.shape
-    f, _, kh, kw = weight.shape
-    kernel = (kh, kw)
-    w2 = weight.reshape(f, -1)
-    if _is_pointwise(kernel, stride, padding):
-        if relu_y is not None:  # the fused ReLU's gradient: zero where the output was clipped
-            dy = xp.multiply(dy, relu_y > 0, dtype=dy.dtype)
-        dy3 = dy.reshape(n, f, -1)
-        x3 = x.reshape(n, c, -1)
-        dw = xp.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
-        db = dy3.sum(axis=(0, 2)) if has_bias else None
-        dx = xp.matmul(w2.T, dy3).reshape(x.shape) if input_grad else None
-        return dx, dw, db
-
-    g = _Geometry(x.shape, f, kernel, stride, padding, x.dtype.itemsize, chunk_bytes)
-    ph, pw = padding
-    # dx as a convolution of dy (see the module notes) when the stride is 1, unless
-    # C is much smaller than F (the first layer, C = 3): its columns of dy would be
-    # F/C times larger than the columns col2im folds back.
-    as_conv = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1 and 4 * c >= f
-    if as_conv:
-        wt = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(c, -1)
-        gt = _Geometry(dy.shape, c, kernel, (1, 1), (kh - 1 - ph, kw - 1 - pw), dy.dtype.itemsize,
-                       chunk_bytes)
-        g.chunk = min(g.chunk, gt.chunk)  # the two products share the chunks
-    # dW's product, (F, M) @ (M, K) with M = m*positions long: multi-threaded
-    # OpenBLAS ran it several times slower when the output's first side is the
-    # short one, so dW2.T = cols @ dy.T is computed instead when K > F (every VGG
-    # layer but the first). Single-threaded (the worker threads) it makes no
-    # difference either way.
-    transposed_dw = g.k > f
-    dx = xp.empty(x.shape, dtype=dy.dtype) if input_grad else None
-    chunks = list(g.chunks())
-    dw_parts, db_parts = [None] * len(chunks), [None] * len(chunks)
-
-    def chunk(i, n0, n1):
-        dyc = dy[n0:n1]
-        if relu_y is not None:  # the fused ReLU's gradient: zero where the output was clipped
-            dyc = xp.multiply(dyc, relu_y[n0:n1] > 0, out=scratch.take(dyc.shape, dyc.dtype, xp))
-        cols = _columns(x[n0:n1], g)
-        dyw = _spread(dyc, g)
-        dw_parts[i] = xp.matmul(cols, dyw.T) if transposed_dw else xp.matmul(dyw, cols.T)
-        if has_bias:
-            db_parts[i] = dyw.sum(axis=1)  # junk positions are zero
-        if not input_grad:
-            return
-        if as_conv:
-            del cols  # free its scratch buffer for the columns of dy
-            _conv_chunk(dx[n0:n1], dyc, wt, gt)
-        else:  # col2im; the product may overwrite the recomputed columns
-            dcols = xp.matmul(w2.T, dyw, out=cols)
-            del cols
-            _col2im_chunk(dx[n0:n1], dcols, g)
-
-    parallel.run(chunk, [(i, n0, n1) for i, (n0, n1) in enumerate(chunks)], xp, threads=g.tasks > 1)
-    dw2 = dw_parts[0]
-    for part in dw_parts[1:]:  # in chunk order: the sum does not depend on thread timing
-        dw2 += part
-    db = None
-    if has_bias:
-        db = db_parts[0]
-        for part in db_parts[1:]:
-            db += part
-    dw = xp.ascontiguousarray(dw2.T) if transposed_dw else dw2
-    return dx, dw.reshape(weight.shape), db
-
-
-def _col2im_chunk(dx, dcols, g):
-    """dx (m, C, H, W) = the adjoint of :func:`_columns` applied to ``dcols``
-    (K, m*positions): every column entry is added back to the pixel it came from
-    (one strided slice addition per kernel offset; overlapping windows add up)."""
-    xp = get_array_module(dcols)
-    m = dx.shape[0]
-    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
-    # The padded gradient, with axes (C, Hp, Wp, m) in memory order for both
-    # layouts; d6[c, i, j] are the values of offset (i, j) as (C, OH, OW, m).
-    dxpad = scratch.take((g.c, g.h + 2 * ph, g.w + 2 * pw, m), dx.dtype, xp)
-    dxpad[...] = 0
-    if g.wide:
-        d6 = dcols.reshape(g.c, kh, kw, m, g.oh, g.row)[..., :g.ow].transpose(0, 1, 2, 4, 5, 3)
-    else:
-        d6 = dcols.reshape(g.c, kh, kw, g.oh, g.ow, m)
-    for i in range(kh):
-        for j in range(kw):
-            dxpad[:, i:i + sh * g.oh:sh, j:j + sw * g.ow:sw] += d6[:, i, j]
-    dx[...] = dxpad[:, ph:ph + g.h, pw:pw + g.w].transpose(3, 0, 1, 2)
+    if isinstance(cache, cpu.FastConvCache):
+        return cpu.conv2d_backward_fast(dy, cache, input_grad=input_grad)
+    return conv2d_backward_simple(dy, cache, input_grad=input_grad)

@@ -21,100 +21,20 @@ windows that saw a pixel are summed. It does this with KH*KW slice additions,
 not ``add.at``.
 
 Kernels, strides and paddings may be non-square: pass an int or a pair (h, w).
+
+These two functions are the ones the lessons print and the textbook convolution
+(:mod:`tinyvgg.ops.conv`) multiplies. On the GPU, with the fast paths on, each
+runs one CUDA kernel instead (:mod:`tinyvgg.ops.gpu`; same layout, same numbers).
 """
 
 from __future__ import annotations
 
-from .. import backend
 from ..backend import get_array_module
+from . import gpu
+from .paths import choose_path
+from .shapes import conv_output_size, pad_input, pair, window_geometry, window_view
 
-__all__ = ["pair", "conv_output_size", "im2col", "col2im", "pad_input", "window_view", "as_strided"]
-
-
-def on_gpu(a):
-    """True for a CuPy array while the GPU is selected: the ops then run the CUDA
-    kernels of :mod:`tinyvgg.ops.cuda_kernels` (each has a NumPy twin in
-    :mod:`tinyvgg.ops.kernel_twins`). Stand-in devices stay on the NumPy code."""
-    return backend.current() == "gpu" and backend.is_device_array(a)
-
-
-def pair(v, what="value"):
-    """``3 -> (3, 3)``; ``(3, 5) -> (3, 5)``. Rejects anything else."""
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{what} must be an int or a pair (h, w), got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    try:
-        a, b = int(a), int(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}") from None
-    return a, b
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length of a sliding window: ``(size + 2*padding - kernel) // stride + 1``."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def pad_input(x, padding, value=0.0, out=None):
-    """Pad the two spatial axes of ``x`` (N, C, H, W) by ``padding = (PH, PW)``.
-
-    ``out``: an (N, C, H + 2*PH + extra, W + 2*PW) array to write into (rows past
-    the padded image, if any, are filled with ``value`` too); without it, ``x``
-    itself is returned when there is no padding."""
-    ph, pw = padding
-    if out is None and ph == 0 and pw == 0:
-        return x
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    if out is None:
-        out = xp.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    # Fill only the border: writing the whole buffer twice costs a pass over it.
-    out[:, :, :ph, :] = value
-    out[:, :, h + ph:, :] = value
-    out[:, :, ph:h + ph, :pw] = value
-    out[:, :, ph:h + ph, w + pw:] = value
-    out[:, :, ph:h + ph, pw:w + pw] = x
-    return out
-
-
-def window_view(xpad, kernel, stride, out_hw):
-    """A read-only strided view ``v`` of ``xpad`` (N, C, Hp, Wp) with shape
-    (N, C, KH, KW, OH, OW) and ``v[n, c, i, j, oh, ow] = xpad[n, c, oh*SH + i, ow*SW + j]``:
-    every window of every image, without copying anything."""
-    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
-    s_n, s_c, s_h, s_w = xpad.strides
-    return as_strided(xpad, xpad.shape[:2] + (kh, kw, oh, ow),
-                      (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw))
-
-
-def as_strided(a, shape, strides):
-    """A read-only view of ``a``'s memory with the given shape and byte strides
-    (``numpy.lib.stride_tricks.as_strided``, or CuPy's)."""
-    xp = get_array_module(a)
-    if xp.__name__ == "numpy":
-        return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
-    return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
-
-
-def _check(x_shape, kernel, stride, padding):
-    kh, kw = kernel
-    sh, sw = stride
-    ph, pw = padding
-    if len(x_shape) != 4:
-        raise ValueError(f"im2col: expected input of shape (N, C, H, W), got {tuple(x_shape)}")
-    if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0 or ph < 0 or pw < 0:
-        raise ValueError(
-            f"im2col: kernel and stride must be positive and padding non-negative, "
-            f"got kernel={kernel}, stride={stride}, padding={padding}")
-    h, w = x_shape[2], x_shape[3]
-    if kh > h + 2 * ph or kw > w + 2 * pw:
-        raise ValueError(
-            f"im2col: kernel {kernel} is larger than the padded input "
-            f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {padding})")
-    return conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+__all__ = ["im2col", "col2im", "pair", "conv_output_size"]
 
 
 def im2col(x, kernel_size, stride=1, padding=0):
@@ -131,19 +51,15 @@ def im2col(x, kernel_size, stride=1, padding=0):
         ``cols[n, (c*KH + i)*KW + j, oh*OW + ow] = xpad[n, c, oh*SH + i, ow*SW + j]``,
         where ``xpad`` is ``x`` zero-padded by (PH, PW).
     """
-    if on_gpu(x):
-        from .cuda_kernels import im2col_gpu
-        return im2col_gpu(x, kernel_size, stride, padding)
-    kernel, stride, padding = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
-    oh, ow = _check(x.shape, kernel, stride, padding)
+    if choose_path(x) == "gpu":
+        return gpu.im2col_gpu(x, kernel_size, stride, padding)
+    n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = window_geometry(x.shape, kernel_size, stride, padding,
+                                                                 "im2col")
     xp = get_array_module(x)
-    n, c = x.shape[:2]
-    kh, kw = kernel
-    sh, sw = stride
-    xpad = pad_input(x, padding)
+    xpad = pad_input(x, (ph, pw))
     cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
     # One copy from a strided view that already has the layout of ``cols``.
-    cols[...] = window_view(xpad, kernel, stride, (oh, ow))
+    cols[...] = window_view(xpad, (kh, kw), (sh, sw), (oh, ow))
     return cols.reshape(n, c * kh * kw, oh * ow)
 
 
@@ -160,15 +76,10 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0):
     -------
     x : array (N, C, H, W) with ``<im2col(x), cols> == <x, col2im(cols)>``.
     """
-    if on_gpu(cols):
-        from .cuda_kernels import col2im_gpu
-        return col2im_gpu(cols, x_shape, kernel_size, stride, padding)
-    kernel, stride, padding = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(padding, "padding")
-    oh, ow = _check(x_shape, kernel, stride, padding)
-    n, c, h, w = x_shape
-    kh, kw = kernel
-    sh, sw = stride
-    ph, pw = padding
+    if choose_path(cols) == "gpu":
+        return gpu.col2im_gpu(cols, x_shape, kernel_size, stride, padding)
+    n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = window_geometry(x_shape, kernel_size, stride, padding,
+                                                                 "col2im")
     expected = (n, c * kh * kw, oh * ow)
     if tuple(cols.shape) != expected:
         raise ValueError(f"col2im: expected columns of shape {expected} for input {tuple(x_shape)}, "

@@ -29,6 +29,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from ...backend import get_array_module
+
 __all__ = ["run", "split", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS"]
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
@@ -127,7 +129,6 @@ def matmul(a, b, out=None):
     on the calling thread with single-threaded BLAS (see :func:`run`). Any other
     array module: plain ``a @ b``.
     """
-    from ..backend import get_array_module
     xp = get_array_module(a, b)
     m, k = a.shape
     n = b.shape[1]

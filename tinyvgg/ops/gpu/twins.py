@@ -1,4 +1,4 @@
-"""NumPy twins of the CUDA kernels in :mod:`tinyvgg.ops.cuda_kernels`.
+"""NumPy twins of the CUDA kernels in :mod:`tinyvgg.ops.gpu.kernels`.
 
 Each twin does what its kernel does, with the same index arithmetic, but
 vectorised: where a CUDA thread handles one element, the twin holds the index
@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .im2col import conv_output_size, pair
+from ..shapes import window_geometry
 
 __all__ = ["im2col_twin", "col2im_twin", "maxpool2d_forward_twin", "maxpool2d_backward_twin"]
 
 
 def _geometry(x_shape, kernel_size, stride, padding):
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
-    n, c, h, w = (int(v) for v in x_shape)
-    return n, c, h, w, kh, kw, sh, sw, ph, pw, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    return window_geometry(x_shape, kernel_size, stride, padding, "kernel twin")
 
 
 def _pixels(n, c, h, w):

@@ -20,7 +20,8 @@ keeps a caching allocator of its own, so on the GPU :func:`take` just allocates.
 ``clear()`` drops every free buffer (benchmarks call it before measuring peak
 memory, so that the scratch memory is counted), ``nbytes()`` says how much the
 pool holds, and ``set_limit(bytes)`` caps it (default 1 GiB; free buffers are
-dropped, oldest first, when a new one would exceed the cap).
+dropped, oldest first, when a new one would exceed the cap; a buffer larger than
+the cap is never pooled, so ``set_limit(0)`` turns reuse off).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def take(shape, dtype, xp=numpy):
     from the pool when a free buffer of the same byte size is there."""
     dtype = numpy.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    if xp is not numpy or size < _MIN_BYTES:
+    if xp is not numpy or size < _MIN_BYTES or size > _state["limit"]:
         return xp.empty(shape, dtype=dtype)
     with _lock:
         return _take(shape, dtype, size)

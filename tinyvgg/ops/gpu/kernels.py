@@ -1,8 +1,8 @@
-"""CUDA kernels for the GPU path (CuPy ``RawKernel``), and the GPU out-of-memory message.
+"""CUDA kernels for the GPU path (CuPy ``RawKernel``): im2col, col2im and max-pooling.
 
 This module imports without CuPy: CuPy is reached only through
 ``tinyvgg.backend.device().xp`` when a kernel is first launched, and the CUDA
-sources are plain strings. :mod:`tinyvgg.ops.kernel_twins` holds a readable
+sources are plain strings. :mod:`tinyvgg.ops.gpu.twins` holds a readable
 NumPy twin of every kernel (the same index arithmetic, vectorised), and the
 tests compile the CUDA sources below with a C++ compiler and run them on the
 CPU (one loop iteration per CUDA thread), so the index arithmetic is checked
@@ -45,20 +45,8 @@ Every kernel uses a grid-stride loop (any launch size covers any array) and
 first split of a flat index is a 64-bit division, and only when the array has
 2**31 elements or more.
 
-Convolution
------------
-:func:`conv2d_forward_gpu` / :func:`conv2d_backward_gpu` have the contract of
-``tinyvgg.ops.conv2d_forward`` / ``conv2d_backward``: im2col in the (K, N, P)
-layout, so that forward is ONE cuBLAS product ``W2 (F, K) @ cols (K, N*P)`` per
-chunk of images, and backward two (``dW2 = dy2 @ cols.T``, ``dcols = W2.T @ dy2``)
-plus the gather col2im. Chunks bound the columns' memory (``GPU_CHUNK_BYTES``).
-
-Out of memory
--------------
-:func:`is_out_of_memory` recognises CuPy's ``OutOfMemoryError`` (by class name,
-so this module needs no CuPy import) and CUDA/cuBLAS allocation failures;
-:func:`oom_message` turns one into a message that names the batch size and
-suggests a smaller one.
+The convolution built on them is in :mod:`tinyvgg.ops.gpu.conv`, the
+out-of-memory message in :mod:`tinyvgg.ops.gpu.memory`.
 """
 
 from __future__ import annotations
@@ -68,13 +56,12 @@ import textwrap
 
 import numpy as np
 
-from .. import backend
-from .im2col import conv_output_size, pair
+from ... import backend
+from ..shapes import window_geometry
 
 __all__ = ["im2col_gpu", "col2im_gpu", "maxpool2d_forward_gpu", "maxpool2d_backward_gpu",
-           "conv2d_forward_gpu", "conv2d_backward_gpu", "GPUConvCache", "is_out_of_memory",
-           "oom_message", "kernel_source", "kernel_params", "KERNEL_PARAMS", "KERNEL_BODIES",
-           "launch_config", "C_TYPES", "GPU_CHUNK_BYTES", "GPU_KEEP_BYTES"]
+           "kernel_source", "kernel_params", "KERNEL_PARAMS", "KERNEL_BODIES", "launch_config",
+           "C_TYPES"]
 
 # --------------------------------------------------------------------------
 # CUDA sources
@@ -97,6 +84,26 @@ KERNEL_PARAMS = {
     "maxpool_bwd": [("const T*", "dy"), ("const I*", "argmax"), ("T*", "dx"), ("long long", "total")]
                    + _GEOMETRY,
 }
+
+
+def _each_window_of_pixel(inner):
+    """CUDA loops over the windows that contain padded pixel (hp, wp), shared by the
+    two gather kernels: offset (i, j) of output (oh, ow) read the pixel exactly when
+    hp = oh*SH + i and wp = ow*SW + j, with oh, ow in range. ``inner`` runs for each."""
+    return r"""        for (int i = 0; i < KH; ++i) {
+            const int dh = hp - i;              /* = oh*SH when output row oh read this pixel */
+            if (dh < 0 || dh % SH != 0) continue;
+            const int oh = dh / SH;
+            if (oh >= OH) continue;
+            for (int j = 0; j < KW; ++j) {
+                const int dw = wp - j;
+                if (dw < 0 || dw % SW != 0) continue;
+                const int ow = dw / SW;
+                if (ow >= OW) continue;""" + inner.rstrip() + r"""
+            }
+        }
+"""
+
 
 # The body of each kernel. ``idx`` is the flat index of this thread's element,
 # inside a grid-stride loop that the template adds around the body. Only the
@@ -143,22 +150,11 @@ KERNEL_BODIES = {
         const int hp = h + PH;                  /* coordinates in the padded image */
         const int wp = w + PW;
         T sum = (T)0;
-        for (int i = 0; i < KH; ++i) {
-            const int dh = hp - i;              /* = oh*SH when output row oh read this pixel */
-            if (dh < 0 || dh % SH != 0) continue;
-            const int oh = dh / SH;
-            if (oh >= OH) continue;
-            for (int j = 0; j < KW; ++j) {
-                const int dw = wp - j;
-                if (dw < 0 || dw % SW != 0) continue;
-                const int ow = dw / SW;
-                if (ow >= OW) continue;
+""" + _each_window_of_pixel(r"""
                 const long long row = (long long)(c * KH + i) * KW + j;
                 const long long q = (long long)oh * OW + ow;
                 sum += knp ? cols[(row * N + n) * P + q] : cols[(n * K + row) * P + q];
-            }
-        }
-        x[idx] = sum;
+""") + r"""        x[idx] = sum;
     """,
     # one thread per output; total = N*C*OH*OW
     "maxpool_fwd": r"""
@@ -189,21 +185,10 @@ KERNEL_BODIES = {
         const int hp = h + PH;
         const int wp = w + PW;
         T sum = (T)0;
-        for (int i = 0; i < KH; ++i) {
-            const int dh = hp - i;
-            if (dh < 0 || dh % SH != 0) continue;
-            const int oh = dh / SH;
-            if (oh >= OH) continue;
-            for (int j = 0; j < KW; ++j) {
-                const int dw = wp - j;
-                if (dw < 0 || dw % SW != 0) continue;
-                const int ow = dw / SW;
-                if (ow >= OW) continue;
+""" + _each_window_of_pixel(r"""
                 const long long o = (nc * OH + oh) * OW + ow;
                 if ((int)argmax[o] == i * KW + j) sum += dy[o];
-            }
-        }
-        dx[idx] = sum;
+""") + r"""        dx[idx] = sum;
     """,
 }
 
@@ -233,7 +218,7 @@ extern "C" __global__ void {name}({params})
 def _ctype(dtype):
     dt = np.dtype(dtype)
     if dt.name not in C_TYPES:
-        raise TypeError(f"cuda_kernels: unsupported dtype {dt}")
+        raise TypeError(f"ops.gpu: unsupported dtype {dt}")
     return C_TYPES[dt.name]
 
 
@@ -247,10 +232,10 @@ def kernel_source(kind, dtype, index_dtype=None):
     (float32/float64) and, for the max-pool kernels, argmax ``index_dtype``
     (uint8/int32)."""
     if kind not in KERNEL_BODIES:
-        raise ValueError(f"cuda_kernels: unknown kernel {kind!r}; expected one of {sorted(KERNEL_BODIES)}")
+        raise ValueError(f"ops.gpu: unknown kernel {kind!r}; expected one of {sorted(KERNEL_BODIES)}")
     t = _ctype(dtype)
     if np.dtype(dtype).kind != "f":
-        raise TypeError(f"cuda_kernels: {kind} needs float32 or float64 data, got {np.dtype(dtype)}")
+        raise TypeError(f"ops.gpu: {kind} needs float32 or float64 data, got {np.dtype(dtype)}")
     uses_index = kind.startswith("maxpool")
     i = _ctype(index_dtype if uses_index else np.int32)
     name = f"tinyvgg_{kind}_{np.dtype(dtype).name}"
@@ -280,7 +265,7 @@ def _gpu_module():
     """The CuPy module of the current device; an error when it is not a CUDA device."""
     xp = backend.device().xp
     if getattr(xp, "RawKernel", None) is None:
-        raise RuntimeError(f"cuda_kernels: the current device {backend.device()!r} has no CUDA "
+        raise RuntimeError(f"ops.gpu: the current device {backend.device()!r} has no CUDA "
                            f"kernels (select it with tinyvgg.backend.use('gpu'))")
     return xp
 
@@ -329,22 +314,6 @@ def _float_array(xp, a, what):
     return xp.ascontiguousarray(a)
 
 
-def _geometry(x_shape, kernel_size, stride, padding, what):
-    (kh, kw), (sh, sw), (ph, pw) = (pair(kernel_size, "kernel_size"), pair(stride, "stride"),
-                                    pair(padding, "padding"))
-    if len(x_shape) != 4:
-        raise ValueError(f"{what}: expected an input of shape (N, C, H, W), got {tuple(x_shape)}")
-    if min(kh, kw, sh, sw) <= 0 or min(ph, pw) < 0:
-        raise ValueError(f"{what}: kernel and stride must be positive and padding non-negative, got "
-                         f"kernel={(kh, kw)}, stride={(sh, sw)}, padding={(ph, pw)}")
-    n, c, h, w = (int(v) for v in x_shape)
-    if kh > h + 2 * ph or kw > w + 2 * pw:
-        raise ValueError(f"{what}: kernel {(kh, kw)} is larger than the padded input "
-                         f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {(ph, pw)})")
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    return (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)
-
-
 # --------------------------------------------------------------------------
 # im2col / col2im
 # --------------------------------------------------------------------------
@@ -354,7 +323,7 @@ def im2col_gpu(x, kernel_size, stride=1, padding=0, layout="nkp"):
     (``layout="knp"``: (C*KH*KW, N, OH*OW)), same dtype (float32 or float64)."""
     xp = _gpu_module()
     x = _float_array(xp, x, "im2col_gpu")
-    g = _geometry(x.shape, kernel_size, stride, padding, "im2col_gpu")
+    g = window_geometry(x.shape, kernel_size, stride, padding, "im2col_gpu")
     n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = g
     k, p = c * kh * kw, oh * ow
     if layout not in ("nkp", "knp"):
@@ -371,7 +340,7 @@ def col2im_gpu(cols, x_shape, kernel_size, stride=1, padding=0, layout="nkp"):
     -> x (N, C, H, W)."""
     xp = _gpu_module()
     cols = _float_array(xp, cols, "col2im_gpu")
-    g = _geometry(x_shape, kernel_size, stride, padding, "col2im_gpu")
+    g = window_geometry(x_shape, kernel_size, stride, padding, "col2im_gpu")
     n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = g
     k, p = c * kh * kw, oh * ow
     if layout not in ("nkp", "knp"):
@@ -396,7 +365,7 @@ def maxpool2d_forward_gpu(x, kernel_size=2, stride=2, padding=0):
     :func:`maxpool2d_backward_gpu`) takes it."""
     xp = _gpu_module()
     x = _float_array(xp, x, "maxpool2d_forward_gpu")
-    g = _geometry(x.shape, kernel_size, stride, padding, "maxpool2d_forward_gpu")
+    g = window_geometry(x.shape, kernel_size, stride, padding, "maxpool2d_forward_gpu")
     n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = g
     idx_dtype = np.uint8 if kh * kw <= 256 else np.int32
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
@@ -411,7 +380,7 @@ def maxpool2d_backward_gpu(dy, argmax, x_shape, kernel_size=2, stride=2, padding
     uint8 or int32, as the forward pass made it."""
     xp = _gpu_module()
     dy = _float_array(xp, dy, "maxpool2d_backward_gpu")
-    g = _geometry(x_shape, kernel_size, stride, padding, "maxpool2d_backward_gpu")
+    g = window_geometry(x_shape, kernel_size, stride, padding, "maxpool2d_backward_gpu")
     n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = g
     if tuple(dy.shape) != (n, c, oh, ow) or tuple(argmax.shape) != (n, c, oh, ow):
         raise ValueError(f"maxpool2d_backward_gpu: dy {tuple(dy.shape)} and argmax "
@@ -422,158 +391,3 @@ def maxpool2d_backward_gpu(dy, argmax, x_shape, kernel_size=2, stride=2, padding
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     _launch("maxpool_bwd", (dy, argmax, dx), dx.size, g, dtype=dy.dtype, index_dtype=argmax.dtype)
     return dx
-
-
-# --------------------------------------------------------------------------
-# convolution on the GPU: im2col in the (K, N, P) layout + one cuBLAS GEMM
-# --------------------------------------------------------------------------
-
-GPU_CHUNK_BYTES = 1 << 30   # columns of at most this many bytes at a time (at least one image)
-GPU_KEEP_BYTES = 256 << 20  # forward keeps the columns for backward when they fit this
-
-
-class GPUConvCache(tuple):
-    """What :func:`conv2d_forward_gpu` hands to :func:`conv2d_backward_gpu`:
-    ``(x, weight, has_bias, stride, padding, relu_y, kept_cols, chunk)``.
-    A distinct type so that ``conv2d_backward`` can tell it from the CPU's cache."""
-
-    __slots__ = ()
-
-
-def _chunk(n, k, p, itemsize, budget):
-    return int(max(1, min(n, budget // max(1, k * p * itemsize))))
-
-
-def conv2d_forward_gpu(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None):
-    """``tinyvgg.ops.conv2d_forward`` on the GPU: returns ``(y, GPUConvCache)``.
-
-    Per chunk of m images: cols = im2col (K, m*P) in one kernel, ``W2 @ cols``
-    (F, m*P) in one GEMM, then one elementwise pass that transposes to
-    (m, F, OH, OW) and adds the bias (and the fused ReLU when ``relu``)."""
-    xp = _gpu_module()
-    x = _float_array(xp, x, "conv2d_forward_gpu")
-    f, c, kh, kw = weight.shape
-    stride, padding = pair(stride, "stride"), pair(padding, "padding")
-    g = _geometry(x.shape, (kh, kw), stride, padding, "conv2d_forward_gpu")
-    n, _, h, w, _, _, _, _, _, _, oh, ow = g
-    k, p = c * kh * kw, oh * ow
-    w2 = weight.reshape(f, k)
-    y = xp.empty((n, f, oh, ow), dtype=x.dtype)
-    m = _chunk(n, k, p, x.dtype.itemsize, chunk_bytes or GPU_CHUNK_BYTES)
-    kept = None
-    pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0)
-    for n0 in range(0, n, m):
-        n1 = min(n0 + m, n)
-        if pointwise:
-            cols = x[n0:n1].reshape(n1 - n0, c, p).transpose(1, 0, 2).reshape(k, (n1 - n0) * p)
-        else:
-            cols = im2col_gpu(x[n0:n1], (kh, kw), stride, padding, layout="knp").reshape(k, -1)
-        prod = w2 @ cols  # (F, m*P): one GEMM
-        dst = y[n0:n1].reshape(n1 - n0, f, p).transpose(1, 0, 2)  # a view of y, (F, m, P)
-        src = prod.reshape(f, n1 - n0, p)
-        if bias is not None:
-            xp.add(src, bias.reshape(f, 1, 1), out=dst)
-        else:
-            dst[...] = src
-        if m >= n and not pointwise and cols.nbytes <= GPU_KEEP_BYTES:
-            kept = cols
-    if relu:
-        xp.maximum(y, 0, out=y)
-    cache = GPUConvCache((x, weight, bias is not None, stride, padding, y if relu else None, kept, m))
-    return y, cache
-
-
-def conv2d_backward_gpu(dy, cache):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward_gpu`.
-
-    Per chunk: dyt = dy as (F, m*P) (one transposing copy), ``dW2 += dyt @ cols.T``
-    and ``dcols = W2.T @ dyt`` (two GEMMs), dx = col2im(dcols) (the gather kernel)."""
-    xp = _gpu_module()
-    x, weight, has_bias, stride, padding, relu_y, kept, m = cache
-    dy = _float_array(xp, dy, "conv2d_backward_gpu")
-    f, c, kh, kw = weight.shape
-    n, _, h, w = x.shape
-    oh, ow = dy.shape[2], dy.shape[3]
-    k, p = c * kh * kw, oh * ow
-    if relu_y is not None:
-        dy = xp.multiply(dy, relu_y > 0, dtype=dy.dtype)
-    w2 = weight.reshape(f, k)
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dw2 = dx = None
-    pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0)
-    for n0 in range(0, n, m):
-        n1 = min(n0 + m, n)
-        if kept is not None:
-            cols = kept
-        elif pointwise:
-            cols = x[n0:n1].reshape(n1 - n0, c, p).transpose(1, 0, 2).reshape(k, (n1 - n0) * p)
-        else:
-            cols = im2col_gpu(x[n0:n1], (kh, kw), stride, padding, layout="knp").reshape(k, -1)
-        dyt = xp.ascontiguousarray(dy[n0:n1].reshape(n1 - n0, f, p).transpose(1, 0, 2)).reshape(f, -1)
-        part = dyt @ cols.T  # (F, K): the sum over the chunk's images is inside the product
-        if dw2 is None:
-            dw2 = part
-        else:
-            dw2 += part
-        del cols
-        dcols = w2.T @ dyt  # (K, m*P)
-        if pointwise:
-            dxc = dcols.reshape(c, n1 - n0, p).transpose(1, 0, 2).reshape(n1 - n0, c, h, w)
-        else:
-            dxc = col2im_gpu(dcols.reshape(k, n1 - n0, p), (n1 - n0, c, h, w), (kh, kw), stride,
-                             padding, layout="knp")
-        if n0 == 0 and n1 == n:
-            dx = xp.ascontiguousarray(dxc)  # one chunk: no copy into a preallocated dx
-        else:
-            if dx is None:
-                dx = xp.empty(x.shape, dtype=dy.dtype)
-            dx[n0:n1] = dxc
-        del dcols, dyt, dxc
-    return dx, dw2.reshape(weight.shape), db
-
-
-# --------------------------------------------------------------------------
-# out of memory
-# --------------------------------------------------------------------------
-
-_OOM_MARKERS = ("cudaErrorMemoryAllocation", "CUDA_ERROR_OUT_OF_MEMORY", "CUBLAS_STATUS_ALLOC_FAILED",
-                "CUDNN_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED", "out of memory")
-
-
-def is_out_of_memory(exc):
-    """True when ``exc`` says the GPU ran out of memory: CuPy's ``OutOfMemoryError``
-    (recognised by class name anywhere in the class hierarchy, so no CuPy import is
-    needed), a ``MemoryError`` raised by CuPy/CUDA code, or a CUDA, cuBLAS or cuDNN
-    error whose message is an allocation failure. A plain host ``MemoryError`` is
-    not a GPU one (False)."""
-    if not isinstance(exc, BaseException):
-        return False
-    mro = type(exc).__mro__
-    if any(cls.__name__ == "OutOfMemoryError" for cls in mro):
-        return True
-    module = type(exc).__module__ or ""
-    from_cuda = module.startswith(("cupy", "cupy_backends")) or "cuda" in module.lower()
-    if isinstance(exc, MemoryError) and from_cuda:
-        return True
-    if from_cuda or any(cls.__name__ in ("CUDARuntimeError", "CUDADriverError", "CUBLASError",
-                                         "CuDNNError") for cls in mro):
-        text = str(exc)
-        return any(m.lower() in text.lower() for m in _OOM_MARKERS)
-    return False
-
-
-def oom_message(batch_size, exc, flag="--batch-size"):
-    """A message for a GPU out-of-memory error ``exc`` at ``batch_size``: what
-    happened, and a smaller batch size to try with the command-line option
-    ``flag`` (``"--eval-batch-size"`` when evaluation ran out)."""
-    b = int(batch_size)
-    what = f"{type(exc).__name__}: {exc}".strip()
-    if b > 1:
-        smaller = max(1, b // 2)
-        advice = (f"Try a smaller batch, e.g. {flag} {smaller} (memory for activations grows "
-                  f"linearly with the batch size), or a narrower model (--width) or a smaller "
-                  f"--input-size.")
-    else:
-        advice = ("Even one image does not fit: use a narrower model (--width), a smaller "
-                  "--input-size or float32 instead of float64, or train on the CPU.")
-    return f"the GPU ran out of memory with batch size {b} ({what}). {advice}"

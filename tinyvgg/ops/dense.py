@@ -1,0 +1,18 @@
+"""The fully connected layers' product, on the path :mod:`tinyvgg.ops.paths` picks."""
+
+from __future__ import annotations
+
+from . import cpu
+from .paths import choose_path
+
+__all__ = ["matmul"]
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D arrays (M, K) @ (K, N) -> (M, N). On the fast CPU path the
+    product is split over the worker threads (:func:`tinyvgg.ops.cpu.parallel.matmul`:
+    OpenBLAS's own threads stall on these small products when the machine is busy);
+    on the GPU and the textbook path it is the plain product."""
+    if choose_path(a) == "fast":
+        return cpu.matmul(a, b)
+    return a @ b
