@@ -21,7 +21,7 @@ def test_default_recipe_fits_the_budget():
     cfg = config_of("--batch-norm", "--epochs", "15")
     assert (cfg.recipe, cfg.schedule, cfg.batch_size, cfg.lr) == ("default", "onecycle", 128, 0.1)
     assert cfg.nesterov and cfg.label_smoothing == 0.1 and cfg.dropout == 0.0
-    assert not cfg.decay_bias_and_norm and not cfg.tta_flip
+    assert not cfg.decay_bias_and_norm and cfg.tta_flip
     assert config_of("--no-batch-norm").lr == 0.01  # a plain deep VGG keeps the paper's rate
     assert cfg == TrainConfig(batch_norm=True, epochs=15)  # the command line and the API agree
 
@@ -31,6 +31,7 @@ def test_paper_recipe_is_one_option_away_and_explicit_options_win():
     for key, value in PAPER_RECIPE.items():
         assert getattr(cfg, key) == value, key
     assert (cfg.batch_size, cfg.lr, cfg.schedule, cfg.dropout, cfg.nesterov) == (256, 0.01, "plateau", 0.5, False)
+    assert config_of("--no-tta-flip").tta_flip is False
     cfg = config_of("--recipe", "paper", "--lr", "0.02", "--dropout", "0.2", "--nesterov", "--tta-flip")
     assert (cfg.lr, cfg.dropout, cfg.nesterov, cfg.tta_flip, cfg.schedule) == (0.02, 0.2, True, True, "plateau")
     assert config_of("--decay-bias-and-norm").decay_bias_and_norm

@@ -97,7 +97,7 @@ def _add_recipe_args(p, defaults):
     p.add_argument("--recipe", default="default", choices=list(RECIPES),
                    help="default: one cycle to --lr over --epochs, Nesterov momentum, batch "
                         f"{defaults.batch_size}, label smoothing {defaults.label_smoothing}, no dropout, weight "
-                        "decay on weights only (measured: experiments/results/recipe_ablation.md); paper: the "
+                        "decay on weights only, flip test-time augmentation (measured: experiments/results/recipe_ablation.md); paper: the "
                         f"paper's section 3.1 (batch {paper['batch_size']}, lr {paper['lr']}, momentum "
                         f"{paper['momentum']}, weight decay {paper['weight_decay']}, dropout {paper['dropout']}, "
                         "lr divided by 10 on a validation plateau). Options given explicitly override it")
@@ -123,7 +123,8 @@ def _add_recipe_args(p, defaults):
     p.add_argument("--label-smoothing", type=float, **_FROM_RECIPE,
                    help=f"target (1 - e) one-hot + e / K (default {defaults.label_smoothing}, paper 0)")
     p.add_argument("--tta-flip", dest="tta_flip", action="store_true", **_FROM_RECIPE,
-                   help="validation and test accuracy average the posteriors of each image and its mirror")
+                   help="validation and test accuracy average the posteriors of each image and its mirror "
+                        "(default recipe: on; paper: off)")
     p.add_argument("--no-tta-flip", dest="tta_flip", action="store_false", **_FROM_RECIPE)
 
 
