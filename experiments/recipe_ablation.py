@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -57,7 +59,8 @@ def command(name, extra, args):
 
 
 def flip_score(run):
-    """Validation accuracy of the run's checkpoint with and without flip TTA."""
+    """Per-image correctness (bool arrays over the validation images) of the run's
+    checkpoint, without and with flip TTA: ``{False: (V,), True: (V,)}``."""
     from tinyvgg import checkpoint
     from tinyvgg.data import DataLoader
     from tinyvgg.evaluate import evaluate
@@ -67,7 +70,17 @@ def flip_score(run):
     cfg = TrainConfig.from_dict(ck.meta["train_config"])
     data = prepare_data(cfg)
     loader = DataLoader(data["val"], 256, data["eval_transform"], shuffle=False)
-    return {f: evaluate(ck.model, loader, flip=f)["top1"] for f in (False, True)}
+    out = {}
+    for f in (False, True):
+        r = evaluate(ck.model, loader, flip=f, return_predictions=True)
+        out[f] = r["predictions"] == r["labels"]
+    return out
+
+
+def paired_difference(a, b):
+    """Mean of ``a - b`` over the same images (bool arrays) and its standard error."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def render(rows, args):
@@ -76,11 +89,18 @@ def render(rows, args):
              "training images, 5,000 validation images (seed 1). Validation accuracy at the last epoch; "
              "`+flip` scores the same checkpoint with flip test-time augmentation. Produced by "
              "`python experiments/recipe_ablation.py` (each row's command below).", "",
-             "| row | change | val acc | val acc +flip | last train loss | train time |",
-             "|---|---|---|---|---|---|"]
+             "`vs new default`: the row's validation accuracy minus the new default's, in points, "
+             "with its paired standard error over the same 5,000 images (a difference within 2 SE "
+             "is noise). Train times were measured while other runs shared the 2 cores; compare "
+             "them only within a row's neighbours, not with a quiet machine.", "",
+             "| row | change | val acc | vs new default | val acc +flip | flip gain | last train loss | train time |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['change']} | {r['val_acc']:.4f} | {r['val_acc_flip']:.4f} | "
-                     f"{r['train_loss']:.4f} | {r['train_time_s'] / 60:.1f} min |")
+        vs = "—" if r["name"] == "new_default" or "vs_new" not in r else \
+            f"{100 * r['vs_new'][0]:+.2f} ± {100 * r['vs_new'][1]:.2f}"
+        fg = f"{100 * r['flip_gain'][0]:+.2f} ± {100 * r['flip_gain'][1]:.2f}"
+        lines.append(f"| {r['name']} | {r['change']} | {r['val_acc']:.4f} | {vs} | {r['val_acc_flip']:.4f} | "
+                     f"{fg} | {r['train_loss']:.4f} | {r['train_time_s'] / 60:.1f} min |")
     lines += ["", "Commands:", ""] + [f"- `{r['name']}`: `{r['command']}`" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -101,6 +121,14 @@ def main(argv=None):
     wanted = set(args.rows.split(",")) if args.rows else None
     results_path = Path(args.out + ".json")
     done = {r["name"]: r for r in json.loads(results_path.read_text())} if results_path.exists() else {}
+    # Per-image correctness, kept beside the JSON so paired differences survive a restart.
+    correct_path = Path(args.out + "_correct.npz")
+    correct = {}
+    if correct_path.exists():
+        with np.load(correct_path) as z:
+            for key in z.files:
+                n, f = key.rsplit(".", 1)
+                correct.setdefault(n, {})[f == "flip"] = z[key]
     for name, change, extra in ROWS:
         if wanted and name not in wanted:
             continue
@@ -111,11 +139,21 @@ def main(argv=None):
             subprocess.run(cmd, check=True)
         if name not in done:
             hist = json.loads((run / "history.json").read_text())
-            flip = flip_score(run)
-            done[name] = {"name": name, "change": change, "command": shown, "val_acc": flip[False],
-                          "val_acc_flip": flip[True], "train_loss": hist[-1]["train_loss"],
+            correct[name] = flip_score(run)
+            c = correct[name]
+            done[name] = {"name": name, "change": change, "command": shown, "val_acc": float(c[False].mean()),
+                          "val_acc_flip": float(c[True].mean()), "flip_gain": paired_difference(c[True], c[False]),
+                          "train_loss": hist[-1]["train_loss"],
                           "train_time_s": sum(h["time_s"] for h in hist), "history": hist}
+        if "new_default" in correct:
+            for n, r in done.items():
+                if n in correct:
+                    r["vs_new"] = paired_difference(correct[n][False], correct["new_default"][False])
         rows = [done[n] for n, _, _ in ROWS if n in done]
+        from tinyvgg.fileio import atomic_open
+        with atomic_open(correct_path, "wb") as fh:
+            np.savez_compressed(fh, **{f"{n}.{'flip' if f else 'plain'}": v for n, c in correct.items()
+                                       for f, v in c.items()})
         atomic_write_text(results_path, json.dumps(rows, indent=2))
         atomic_write_text(Path(args.out + ".md"), render(rows, args))
         print(f"  {name}: val {done[name]['val_acc']:.4f}, +flip {done[name]['val_acc_flip']:.4f}", flush=True)
