@@ -106,3 +106,18 @@ def test_resume_with_a_new_length_says_the_schedule_is_redrawn(tmp_path, capsys)
     assert main(["train", "--resume", run, "--epochs", "2", *common]) == 0
     err = capsys.readouterr().err
     assert "the onecycle schedule is redrawn over 2 epochs" in err and "planned for 1" in err
+
+
+def test_demo_command_runs_its_settings_on_a_few_images(tmp_path, monkeypatch, capsys):
+    """``make demo``'s command, end to end, on 600 Fashion-MNIST images for one epoch."""
+    from pathlib import Path
+
+    from tinyvgg import cli
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)")
+    monkeypatch.setattr(cli, "DEMO", dict(cli.DEMO, limit=600, val_size=100, progress=False, width=1 / 16))
+    assert cli.main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "recipe: default (batch 128, onecycle to lr 0.1, Nesterov momentum 0.9" in out
+    assert "flip TTA on" in out and "test accuracy:" in out
+    assert (tmp_path / "demo" / "metrics.json").exists()

@@ -442,13 +442,13 @@ def cmd_convert(args):
 
 
 # The demo's settings: a quarter-width VGG-11 with BatchNorm on 32x32 Fashion-MNIST,
-# five epochs with a cosine schedule. In so short a run the net underfits, so random
-# crops and heavy dropout only slow it down (with crop padding 2 and dropout 0.3, four
-# epochs ended at 0.905 test accuracy); flips stay. benchmarks/results/demo_* holds a
-# full run's metrics, history and curves.
+# ten epochs of the default recipe (one cycle to lr 0.1, Nesterov momentum, batch 128,
+# label smoothing 0.1, no dropout, flip test-time augmentation). Random crops stay off:
+# the net is still under-fitting at the end of so short a run (with 2-pixel crops, eight
+# epochs ended at 0.9269 test accuracy with flip TTA, 93.8 % training accuracy); flips
+# stay. benchmarks/results/demo_* holds a full run's metrics, history and curves.
 DEMO = dict(model="vgg11", dataset="fashion-mnist", width=0.25, hidden=256, batch_norm=True,
-            epochs=5, batch_size=128, lr=0.05, schedule="cosine", warmup_epochs=0.2, dropout=0.1,
-            crop_padding=0, flip=True, val_size=5000, init="glorot", weight_decay=5e-4)
+            epochs=10, crop_padding=0, flip=True, val_size=5000)
 
 
 def cmd_demo(args):
@@ -461,6 +461,9 @@ def cmd_demo(args):
     print("tinyvgg demo: VGG-11 (configuration A of the paper) at width 1/4 with BatchNorm, "
           "trained from scratch on Fashion-MNIST (images padded to 32x32).")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data_dir"))
+    print(f"recipe: {cfg.recipe} (batch {cfg.batch_size}, {cfg.schedule} to lr {cfg.lr:g}, "
+          f"{'Nesterov ' if cfg.nesterov else ''}momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, "
+          f"label smoothing {cfg.label_smoothing:g}, dropout {cfg.dropout:g}, flip TTA {'on' if cfg.tta_flip else 'off'})")
     metrics = train(cfg)
     print(f"run folder: {args.out} (history.json, curves.png, checkpoint.npz, metrics.json)")
     return 0 if metrics["test_accuracy"] > 0 else 1
