@@ -155,7 +155,8 @@ def render_study(s, w, longer=None):
       f"momentum {st['momentum']:g}, weight decay {st['weight_decay']:g}), learning rate "
       f"{st['lr']:g} with a {st['warmup_epochs']:g}-epoch warm-up and a cosine decay (the "
       f"paper divides by 10 on plateaus, which a short run never reaches); random horizontal "
-      f"flips.")
+      f"flips. Otherwise the paper's recipe (`--recipe paper`: no label smoothing, plain momentum, "
+      f"weight decay on every parameter, no flip test-time augmentation), not `train`'s default.")
     w("- **Training scale S at 32 pixels** (the paper: S = 256, 384, [256, 512] with 224 "
       "crops): *S = 32*: CIFAR's pad-4-and-crop at the native scale; *S = 40*: every image "
       "rescaled to 40 x 40, random 32 x 32 crops; *S in [32, 48]*: S drawn per image (scale "

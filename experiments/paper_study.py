@@ -159,8 +159,10 @@ def train_config(run, st, dataset, data_dir, out, device, progress):
     from tinyvgg.train import TrainConfig
 
     name, _, scale = RUNS[run]
-    return TrainConfig(
-        model=name, dataset=dataset, data_dir=str(data_dir), epochs=st.epochs,
+    # The paper's recipe (no label smoothing, plain momentum, decay on every parameter,
+    # no flip TTA), with the study's own schedule, rate, batch and dropout below.
+    return TrainConfig.from_recipe(
+        "paper", model=name, dataset=dataset, data_dir=str(data_dir), epochs=st.epochs,
         batch_size=st.batch_size, lr=st.lr, momentum=st.momentum, weight_decay=st.weight_decay,
         schedule=st.schedule, warmup_epochs=st.warmup_epochs, width=st.width, hidden=st.hidden,
         batch_norm=st.batch_norm, dropout=st.dropout, init=st.init, input_size=None,
@@ -183,7 +185,7 @@ def shown(path):
 
 def train_command(cfg):
     """The ``python -m tinyvgg train`` command equivalent to ``cfg``."""
-    parts = ["python -m tinyvgg train", f"--model {cfg.model}", f"--dataset {cfg.dataset}",
+    parts = ["python -m tinyvgg train", f"--recipe {cfg.recipe}", f"--model {cfg.model}", f"--dataset {cfg.dataset}",
              f"--data-dir {shown(cfg.data_dir)}", f"--width {cfg.width:g}", f"--hidden {cfg.hidden}",
              "--batch-norm" if cfg.batch_norm else "--no-batch-norm", f"--dropout {cfg.dropout:g}",
              f"--init {cfg.init}", f"--epochs {cfg.epochs}", f"--batch-size {cfg.batch_size}",
