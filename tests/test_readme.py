@@ -68,7 +68,7 @@ def replace_options(argv, **values):
 
 # The README's commands that are not run here, and why.
 EXCLUDED = {
-    "make demo": "trains VGG-11 for 10 epochs on Fashion-MNIST (about 9 minutes); its command runs "
+    "make demo": "trains VGG-11 for 8 epochs on Fashion-MNIST (under 10 minutes); its command runs "
                  "on 600 images by tests/test_recipe.py::test_demo_command_runs_its_settings_on_a_few_images",
     "make test": "the whole test suite, this file included",
     ".venv/bin/python -m pytest tests/test_layers.py tests/test_ops.py -q":
