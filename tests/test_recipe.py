@@ -20,7 +20,7 @@ def config_of(*argv):
 def test_default_recipe_fits_the_budget():
     cfg = config_of("--batch-norm", "--epochs", "15")
     assert (cfg.recipe, cfg.schedule, cfg.batch_size, cfg.lr) == ("default", "onecycle", 128, 0.1)
-    assert cfg.nesterov and cfg.label_smoothing == 0.1 and cfg.dropout == 0.0
+    assert cfg.nesterov and cfg.label_smoothing == 0.0 and cfg.dropout == 0.0
     assert not cfg.decay_bias_and_norm and cfg.tta_flip
     assert config_of("--no-batch-norm").lr == 0.01  # a plain deep VGG keeps the paper's rate
     assert cfg == TrainConfig(batch_norm=True, epochs=15)  # the command line and the API agree
@@ -63,7 +63,9 @@ def test_trainer_builds_the_recipe(tmp_path):
     cfg = TrainConfig(model="vgg11", dataset="folder", epochs=2, batch_size=16, width=1 / 16, hidden=16,
                       batch_norm=True, out=str(tmp_path / "run"), progress=False)
     t = Trainer(cfg, data=make_data()).setup()
-    assert t.loss_fn.label_smoothing == 0.1
+    assert t.loss_fn.label_smoothing == 0.0
+    assert Trainer(TrainConfig(**{**cfg.to_dict(), "label_smoothing": 0.1}), data=make_data()).setup() \
+        .loss_fn.label_smoothing == 0.1
     assert t.optimizer.nesterov and not t.optimizer.decay_bias_and_norm
     assert isinstance(t.schedule, OneCycleLR) and t.schedule.total_steps == 2 * len(t.train_loader)
 
