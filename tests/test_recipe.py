@@ -123,3 +123,23 @@ def test_demo_command_runs_its_settings_on_a_few_images(tmp_path, monkeypatch, c
     assert "recipe: default (batch 128, onecycle to lr 0.1, Nesterov momentum 0.9" in out
     assert "flip TTA on" in out and "test accuracy:" in out
     assert (tmp_path / "demo" / "metrics.json").exists()
+
+
+def test_doctor_probe_keeps_the_one_cycle_warm_up(tmp_path, capsys):
+    """The doctor probes at a constant rate; under the default one cycle it first warms up
+    as the real run does (a cold start at the peak rate killed ReLUs no real run kills)."""
+    from PIL import Image
+    from tinyvgg.cli import main
+
+    r = np.random.default_rng(1)
+    for k in range(2):
+        (tmp_path / "data" / f"c{k}").mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(r.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{k}" / f"{i}.png")
+    common = ["doctor", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--width", "0.0625",
+              "--hidden", "16", "--batch-norm", "--batch-size", "4", "--val-size", "4", "--steps", "2",
+              "--out", str(tmp_path / "doc")]
+    assert main(common) == 0
+    assert "constant lr 0.1 after 0.15 epochs of warm-up" in capsys.readouterr().out
+    assert main(common + ["--schedule", "cosine"]) == 0  # other schedules: constant, no warm-up added
+    assert "constant lr 0.1, dropout" in capsys.readouterr().out

@@ -486,12 +486,16 @@ def cmd_doctor(args):
         cfg.out = "runs/doctor"
     # A schedule meant for a whole run (plateau, step, cosine) would cut the learning rate
     # within the probe's few hundred steps: the probe runs at the constant --lr (after
-    # --warmup-epochs, if any).
+    # --warmup-epochs, if any). The one cycle keeps its warm-up: its pct_start of the
+    # probe's first epoch (the probe is one epoch unless --steps asks for more), so the
+    # probe starts as the real run does instead of at the peak rate.
+    if cfg.schedule == "onecycle" and not cfg.warmup_epochs:
+        cfg.warmup_epochs = cfg.pct_start
     cfg.schedule = "constant"
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     print(f"tinyvgg doctor: training {cfg.model} (width {cfg.width}, "
           f"{'with' if cfg.batch_norm else 'without'} BatchNorm, init {cfg.init}, constant lr "
-          f"{cfg.lr:g}, dropout {cfg.dropout:g}) for about {steps} steps on {cfg.dataset}; "
+          f"{cfg.lr:g}{f' after {cfg.warmup_epochs:g} epochs of warm-up' if cfg.warmup_epochs else ''}, dropout {cfg.dropout:g}) for about {steps} steps on {cfg.dataset}; "
           f"run folder {cfg.out}", flush=True)
     doctor = run_doctor(cfg, steps=steps, every=args.every, verbose=False)
     print()
