@@ -121,7 +121,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not args.data_dir or not Path(args.data_dir).is_dir():
         p.error("--data-dir: give the folder of CIFAR-10 class folders")
-    from tinyvgg.fileio import atomic_write_text
+    from tinyvgg.fileio import atomic_open, atomic_write_text
 
     wanted = set(args.rows.split(",")) if args.rows else None
     results_path = Path(args.out + ".json")
@@ -155,7 +155,6 @@ def main(argv=None):
                 if n in correct:
                     r["vs_new"] = paired_difference(correct[n][False], correct["new_default"][False])
         rows = [done[n] for n, _, _ in ROWS if n in done]
-        from tinyvgg.fileio import atomic_open
         with atomic_open(correct_path, "wb") as fh:
             np.savez_compressed(fh, **{f"{n}.{'flip' if f else 'plain'}": v for n, c in correct.items()
                                        for f, v in c.items()})

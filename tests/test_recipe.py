@@ -90,15 +90,20 @@ def test_flip_tta_averages_the_posteriors_of_image_and_mirror():
     assert plain["loss"] != pytest.approx(res["loss"])  # the mirror image changed something
 
 
-def test_resume_with_a_new_length_says_the_schedule_is_redrawn(tmp_path, capsys):
+def _random_png_folder(root, seed, classes=2, per_class=8):
+    """``root/c{k}/{i}.png``: random 32x32 RGB images, ``per_class`` in each of ``classes`` folders."""
     from PIL import Image
+    r = np.random.default_rng(seed)
+    for k in range(classes):
+        (root / f"c{k}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(r.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"c{k}" / f"{i}.png")
+
+
+def test_resume_with_a_new_length_says_the_schedule_is_redrawn(tmp_path, capsys):
     from tinyvgg.cli import main
 
-    r = np.random.default_rng(0)
-    for k in range(2):
-        (tmp_path / "data" / f"c{k}").mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(r.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{k}" / f"{i}.png")
+    _random_png_folder(tmp_path / "data", seed=0)
     run = str(tmp_path / "run")
     common = ["--no-progress", "--out", run]
     assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
@@ -128,14 +133,9 @@ def test_demo_command_runs_its_settings_on_a_few_images(tmp_path, monkeypatch, c
 def test_doctor_probe_keeps_the_one_cycle_warm_up(tmp_path, capsys):
     """The doctor probes at a constant rate; under the default one cycle it first warms up
     as the real run does (a cold start at the peak rate killed ReLUs no real run kills)."""
-    from PIL import Image
     from tinyvgg.cli import main
 
-    r = np.random.default_rng(1)
-    for k in range(2):
-        (tmp_path / "data" / f"c{k}").mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(r.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / f"c{k}" / f"{i}.png")
+    _random_png_folder(tmp_path / "data", seed=1)
     common = ["doctor", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--width", "0.0625",
               "--hidden", "16", "--batch-norm", "--batch-size", "4", "--val-size", "4", "--steps", "2",
               "--out", str(tmp_path / "doc")]
