@@ -11,12 +11,11 @@ committed file from the JSON in seconds.
 from __future__ import annotations
 
 import math
-import os
 import re
 
 import numpy as np
 
-from paper_study import (CLAIM_KEYS, LONGER_RUNS, REPO, TABLE5_RUNS, Settings, paired,  # noqa: E402
+from paper_study import (CLAIM_KEYS, LONGER_RUNS, TABLE5_RUNS, Settings, paired,  # noqa: E402
                          q_label, verdict)
 
 
@@ -26,12 +25,6 @@ def fmt(v, nd=1):
 
 def minutes(s):
     return "n/a" if s is None else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s")
-
-
-def _short(text):
-    """Paths in commands relative to the repository root (``../shared`` beside it)."""
-    text = str(text).replace(str(REPO) + os.sep, "")
-    return text.replace(str(REPO.parent) + os.sep, "../")
 
 
 OVERFIT_POINTS = 5.0  # |validation - last-epoch training error| below this: not over-fitted
@@ -139,7 +132,7 @@ def render_study(s, w, longer=None):
          else "a real run of the full recipe (the default, sized for at most 90 minutes on "
          "2 cores)." if s.get("budget_minutes", 90) >= 90
          else f"a real run of the {s['budget_minutes']:g}-minute recipe."))
-    w(f"- **Data:** {_short(s['data_description'])}. {st['n_train']} training images and a fixed "
+    w(f"- **Data:** {s['data_description']}. {st['n_train']} training images and a fixed "
       f"validation split of {s['n_val']} images held out of the training images (seeded "
       f"permutation, seed {st['seed']}; the same split for every model). All errors below are "
       f"on this validation split (the paper reports ILSVRC validation errors too).")
@@ -300,7 +293,7 @@ def render_study(s, w, longer=None):
     w("")
     w("```")
     for r, cmd in s["train_commands"].items():
-        w(_short(cmd))
+        w(cmd)
     w("```")
     w("")
     w("Evaluating a run with any protocol (`--split val` rebuilds the same held-out split "
@@ -308,7 +301,7 @@ def render_study(s, w, longer=None):
     w("")
     w("```")
     for cmd in s["eval_commands"]:
-        w(_short(cmd))
+        w(cmd)
     w("```")
     w("")
 
@@ -370,7 +363,7 @@ def render_longer(lg, study, w):
     w("")
     w("```")
     for cmd in lg["train_commands"].values():
-        w(_short(cmd))
+        w(cmd)
     w("```")
     w("")
 
@@ -382,12 +375,12 @@ def render_demo(d, w):
       f"{load_note(d.get('load_average'))}).")
     w("")
     if d.get("checkpoint"):
-        weights = (f"the weights of `{_short(d['checkpoint'])}`: the predictions are real, "
+        weights = (f"the weights of `{d['checkpoint']}`: the predictions are real, "
                    f"and the errors below compare the methods")
     else:
         weights = ("**random weights** (He initialisation): the shapes and timings are the "
                    "point, the predicted classes mean nothing")
-    w(f"{len(d['images'])} photographs of `{_short(d['folder'])}` ({d['n_files']} files; "
+    w(f"{len(d['images'])} photographs of `{d['folder']}` ({d['n_files']} files; "
       f"grayscale: {', '.join(d['grayscale_files']) or 'none'}) through the paper's test-time "
       f"pipeline with a VGG-16 (configuration D) of {weights}. "
       f"Width {d['width']:g} (hidden {d['hidden']}): {d['params']:,} parameters and "

@@ -281,7 +281,7 @@ def study_data(args):
     if not data_dir.exists():
         raise SystemExit(f"error: {data_dir} not found; give --data-dir (the class-folder "
                          f"copy of CIFAR-10 or the official release), or --quick")
-    return data_dir, f"CIFAR-10 training images from {data_dir}", None
+    return data_dir, f"CIFAR-10 training images from {shown(data_dir)}", None
 
 
 def run_study(args, st, log):
@@ -371,7 +371,7 @@ def run_study(args, st, log):
             "protocols": {p: results[(rr, p)] for (rr, p) in results if rr == r},
         }
     return {
-        "settings": asdict(st), "dataset": dataset, "data_dir": str(data_dir),
+        "settings": asdict(st), "dataset": dataset, "data_dir": shown(data_dir),
         "data_description": data_desc, "n_val": int(len(labels)), "runs": table_rows,
         "fusion": fusion, "claims": claims,
         "train_commands": {r: train_command(cfgs[r]) for r in runs},
@@ -680,10 +680,10 @@ def imagenet_demo(folder, n_images=4, width=0.25, log=print, checkpoint=None):
                       "top5_error": 100 * float(np.mean([r["label"] not in r["top5"][m]
                                                          for r in rows]))}
                   for m in IMAGENET_METHODS}
-    return {"folder": str(folder), "n_files": len(files), "grayscale_files": [
+    return {"folder": shown(folder), "n_files": len(files), "grayscale_files": [
         f"{p.parent.name}/{p.name}" for p in gray], "width": width, "hidden": hidden,
         "params": model.num_params(), "params_full_width": count_params("vgg16"),
         "macs_per_224_crop": int(macs), "build_s": t_build, "images": rows,
         "mean": None if em.mean is None else [round(float(v), 2) for v in np.ravel(em.mean)],
         "std": None if em.std is None else [round(float(v), 2) for v in np.ravel(em.std)],
-        "checkpoint": None if checkpoint is None else str(checkpoint), "errors": errors}
+        "checkpoint": None if checkpoint is None else shown(checkpoint), "errors": errors}
