@@ -21,15 +21,23 @@ from tinyvgg.reference import (conv2d_backward_loop, conv2d_forward_loop, maxpoo
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
+@pytest.fixture(autouse=True, params=["channels_last", "channels_first"])
+def layout(request, monkeypatch):
+    """Every test here runs on both CPU convolutions: the channels-last one (the
+    default) and the channels-first one with wide or compact columns."""
+    monkeypatch.setitem(conv_mod.OPTIMISATIONS, "channels_last", request.param == "channels_last")
+    return request.param
+
+
 @pytest.fixture
-def threads():
+def threads(monkeypatch):
     """Force the worker threads on for every product, whatever its size; restore after."""
-    old_workers, old_min = parallel.workers(), conv_mod.MIN_TASK_FLOPS
+    old_workers = parallel.workers()
     parallel.set_workers(2)
-    conv_mod.MIN_TASK_FLOPS = 0
+    monkeypatch.setattr(conv_mod, "MIN_TASK_FLOPS", 0)
+    monkeypatch.setattr(parallel, "MIN_TASK_FLOPS", 0)
     yield
     parallel.set_workers(old_workers)
-    conv_mod.MIN_TASK_FLOPS = old_min
 
 
 def _case(seed, n, c, f, h, w, k=(3, 3)):
@@ -254,7 +262,7 @@ def test_parallel_run_raises_a_task_error_and_restores_blas(threads):
 
 @pytest.mark.parametrize("name", sorted(conv_mod.OPTIMISATIONS))
 @pytest.mark.parametrize("route", ["wide_3x3_same", "compact_small_map", "first_layer_c_much_smaller_than_f"])
-def test_each_optimisation_switched_off_still_matches_reference(name, route, monkeypatch):
+def test_each_optimisation_switched_off_still_matches_reference(name, route, monkeypatch, layout):
     """Lesson 13 times each optimisation off and on: off, the numbers stay right."""
     monkeypatch.setitem(conv_mod.OPTIMISATIONS, name, False)
     n, c, f, h, w, k, s, p = ROUTES[route]

@@ -30,8 +30,8 @@ import math
 import numpy as np
 
 from . import backend
-from .ops import (conv2d_backward, conv2d_forward, conv_output_size, matmul, maxpool2d_backward,
-                  maxpool2d_forward, pair)
+from .ops import (channel_rows, conv2d_backward, conv2d_forward, conv_output_size, matmul,
+                  maxpool2d_backward, maxpool2d_forward, pair)
 
 __all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
            "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
@@ -189,10 +189,12 @@ class Conv2d(Layer):
         self._cache = (cache, y.shape)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """dy (N, F, OH, OW) -> dx (N, C, H, W); ``input_grad=False`` skips dx
+        (returns None): the gradients of the parameters only."""
         cache, y_shape = self._cached()
         self._check_dy(dy, y_shape)
-        dx, dw, db = conv2d_backward(dy, cache)
+        dx, dw, db = conv2d_backward(dy, cache, input_grad=input_grad)
         self.grads = {"weight": dw}
         if db is not None:
             self.grads["bias"] = db
@@ -453,21 +455,44 @@ class _BatchNorm(Layer):
     # None: this process holds the whole batch.
     reduce = None
 
-    def _batch_means(self, *arrays):
+    def _as_rows(self, x):
+        """``(v, axes, bshape, restore)``: the view of ``x`` the statistics are taken
+        on. An (N, C, H, W) input stored channels-last (what the fast convolution
+        returns) becomes an (N*H*W, C) matrix, whose column sums are one BLAS
+        product; otherwise ``x`` itself, reduced over ``self._axes``. ``restore``
+        turns a result of ``v``'s shape back into the shape of ``x``."""
+        rows = channel_rows(x) if self._ndim == 4 else None
+        if rows is None:
+            return x, self._axes, self._bshape(x), lambda v: v
+        n, c, h, w = x.shape
+        return rows, (0,), (1, c), lambda v: v.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+    @staticmethod
+    def _sums(a, axes):
+        """Per-channel sums of ``a`` over ``axes``."""
+        if axes == (0,) and a.ndim == 2 and a.shape[0] > 1:
+            # ones (M,) @ a (M, C): BLAS sums the columns far faster than a.sum(axis=0)
+            xp = backend.get_array_module(a)
+            return xp.ones(a.shape[0], dtype=a.dtype) @ a
+        return a.sum(axis=axes)
+
+    def _batch_means(self, *arrays, axes=None):
         """``([mean of each array over the batch axes, (C,)], m)``, m the number of
         values per channel: the one reduction of BatchNorm's batch statistics (the
-        forward's mean and variance, the backward's two means).
+        forward's mean and variance, the backward's two means). ``axes``: those of
+        the arrays' layout (default ``self._axes``).
 
         With ``self.reduce`` set, the per-channel sums (float64) and the count are
         summed over the processes first, so the means are those of the global batch."""
+        axes = self._axes if axes is None else axes
         c = self.num_features
         m = arrays[0].size // c
         if self.reduce is None:  # one process, the whole batch
-            return [a.mean(axis=self._axes) for a in arrays], m
+            return [self._sums(a, axes) * a.dtype.type(1 / m) for a in arrays], m
         xp = backend.get_array_module(arrays[0])
         s = xp.empty(len(arrays) * c + 1, dtype=np.float64)
         for i, a in enumerate(arrays):
-            s[i * c:(i + 1) * c] = a.sum(axis=self._axes, dtype=np.float64)
+            s[i * c:(i + 1) * c] = a.sum(axis=axes, dtype=np.float64)
         s[-1] = m
         self.reduce(s)
         count = int(s[-1])
@@ -476,14 +501,14 @@ class _BatchNorm(Layer):
     def forward(self, x, train=False):
         self._check_input(x, ndim=self._ndim, channels=self.num_features, what=self._what)
         dt = x.dtype.type
-        bshape = self._bshape(x)
+        v, axes, bshape, restore = self._as_rows(x)   # v: (M, C) rows, or x itself
         if train:
-            (mean,), m = self._batch_means(x)
+            (mean,), m = self._batch_means(v, axes=axes)
             if m < 2:
                 raise ShapeError(f"{self!r}: training needs more than one value per channel to "
                                  f"compute a variance, got input shape {_shape(x)}")
-            xc = x - mean.reshape(bshape)
-            (var,), _ = self._batch_means(xc * xc)  # biased: used to normalise
+            xc = v - mean.reshape(bshape)
+            (var,), _ = self._batch_means(xc * xc, axes=axes)  # biased: used to normalise
             mom = dt(self.momentum)
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= (1 - mom)
@@ -492,27 +517,40 @@ class _BatchNorm(Layer):
             rv += mom * var * dt(m / (m - 1))  # unbiased in the running estimate
             self.num_batches_tracked += 1
         else:
-            xc = x - self.buffers["running_mean"].reshape(bshape)
+            xc = v - self.buffers["running_mean"].reshape(bshape)
             var = self.buffers["running_var"]
         invstd = (var + dt(self.eps)) ** dt(-0.5)
-        xhat = xc * invstd.reshape(bshape)
-        y = xhat * self.params["weight"].reshape(bshape) + self.params["bias"].reshape(bshape)
-        self._cache = (xhat, invstd, train)
-        return y
+        xhat = xc
+        xhat *= invstd.reshape(bshape)                 # in place: xc is ours
+        y = xhat * self.params["weight"].reshape(bshape)
+        y += self.params["bias"].reshape(bshape)
+        self._cache = (xhat, invstd, train, axes, bshape, restore, x.shape)
+        return restore(y)
 
     def backward(self, dy):
-        xhat, invstd, train = self._cached()
-        self._check_dy(dy, xhat.shape)
-        bshape = self._bshape(dy)
+        xhat, invstd, train, axes, bshape, restore, x_shape = self._cached()
+        self._check_dy(dy, x_shape)
+        if axes == (0,) and dy.ndim == 4:  # the statistics were taken on rows: dy as rows too
+            xp = backend.get_array_module(dy)
+            dy = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(xhat.shape)
         gamma = self.params["weight"]
-        self.grads = {"weight": (dy * xhat).sum(axis=self._axes), "bias": dy.sum(axis=self._axes)}
-        dxhat = dy * gamma.reshape(bshape)
+        dyx = dy * xhat
+        # the gradients of this process's share (data-parallel training sums them later)
+        self.grads = {"weight": self._sums(dyx, axes), "bias": self._sums(dy, axes)}
+        if self.reduce is None:
+            m = dy.size // self.num_features
+            mean_dy, mean_dyx = (self.grads[k] * dy.dtype.type(1 / m) for k in ("bias", "weight"))
+        else:  # the means over the global batch
+            (mean_dy, mean_dyx), _ = self._batch_means(dy, dyx, axes=axes)
+        scale = (gamma * invstd).reshape(bshape)        # dxhat = gamma * dy, then * invstd
         if not train:  # running statistics are constants
-            return dxhat * invstd.reshape(bshape)
+            return restore(dy * scale)
         # xhat depends on every value of its channel through the batch mean and variance:
-        # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        (mean_d, mean_dx), _ = self._batch_means(dxhat, dxhat * xhat)
-        return (dxhat - mean_d.reshape(bshape) - xhat * mean_dx.reshape(bshape)) * invstd.reshape(bshape)
+        # dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        dx = xhat * (-scale * mean_dyx.reshape(bshape))
+        dx += dy * scale
+        dx -= scale * mean_dy.reshape(bshape)
+        return restore(dx)
 
 
 class BatchNorm2d(_BatchNorm):

@@ -470,7 +470,7 @@ class Trainer:
                 loss = loss_fn.forward(logits, y)
                 if not backend.is_device_array(loss) and not math.isfinite(loss):
                     raise self._diverged(loss)
-                model.backward(loss_fn.backward())
+                model.backward(loss_fn.backward(), input_grad=False)  # no dx for the images
                 for h in self.hooks:
                     if hasattr(h, "after_backward"):
                         h.after_backward(self, self.global_step)

@@ -331,13 +331,22 @@ class _Sequential:
                     h.after_forward(name, layer, x, train)
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         """Backpropagate ``dy`` (the output's shape) through every layer; each
-        layer stores its parameter gradients in ``layer.grads``. Returns dx."""
-        if not self._hooks:
-            for layer in reversed(self.layers):
-                dy = layer.backward(dy)
-            return dy
+        layer stores its parameter gradients in ``layer.grads``. Returns dx, the
+        gradient of the input (N, C, H, W); ``input_grad=False`` skips it (None
+        is returned), which saves the first convolution's dx, a training step's
+        largest col2im."""
+        last = len(self.layers) - 1
+        for i, (name, layer) in enumerate(zip(reversed(self.layer_names), reversed(self.layers))):
+            for h in self._hooks:
+                if hasattr(h, "before_backward"):
+                    h.before_backward(name, layer, dy)
+            if i == last and not input_grad and isinstance(layer, Conv2d):
+                layer.backward(dy, input_grad=False)
+                return None
+            dy = layer.backward(dy)
+        return dy
         for name, layer in zip(reversed(self.layer_names), reversed(self.layers)):
             for h in self._hooks:
                 if hasattr(h, "before_backward"):

@@ -22,8 +22,8 @@ from .dense import matmul
 from .im2col import col2im, im2col
 from .paths import choose_path
 from .pool import maxpool2d_backward, maxpool2d_backward_simple, maxpool2d_forward, maxpool2d_forward_simple
-from .shapes import conv_output_size, pair
+from .shapes import channel_rows, conv_output_size, pair
 
 __all__ = ["im2col", "col2im", "conv_output_size", "pair", "conv2d_forward", "conv2d_backward",
            "maxpool2d_forward", "maxpool2d_backward", "conv2d_forward_simple", "conv2d_backward_simple",
-           "maxpool2d_forward_simple", "maxpool2d_backward_simple", "matmul", "choose_path"]
+           "maxpool2d_forward_simple", "maxpool2d_backward_simple", "matmul", "choose_path", "channel_rows"]

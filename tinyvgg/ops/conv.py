@@ -99,6 +99,6 @@ def conv2d_backward(dy, cache, *, input_grad=True):
     if isinstance(cache, gpu.GPUConvCache):
         dx, dw, db = gpu.conv2d_backward_gpu(dy, cache)
         return (dx if input_grad else None), dw, db
-    if isinstance(cache, cpu.FastConvCache):
+    if isinstance(cache, (cpu.FastConvCache, cpu.ChannelsLastConvCache)):
         return cpu.conv2d_backward_fast(dy, cache, input_grad=input_grad)
     return conv2d_backward_simple(dy, cache, input_grad=input_grad)

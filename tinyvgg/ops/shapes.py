@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 
-__all__ = ["pair", "conv_output_size", "window_geometry", "pad_input", "window_view", "as_strided"]
+__all__ = ["pair", "conv_output_size", "window_geometry", "pad_input", "window_view", "as_strided",
+           "channel_rows"]
 
 
 def pair(v, what="value"):
@@ -91,3 +92,13 @@ def as_strided(a, shape, strides):
     if xp.__name__ == "numpy":
         return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
     return xp.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+
+
+def channel_rows(x):
+    """``x`` (N, C, H, W) stored channels-last (see :mod:`tinyvgg.ops.cpu.channels_last`)
+    as an (N*H*W, C) matrix view, one row per pixel; None when ``x`` is stored
+    otherwise (then a per-channel reduction needs the axes (0, 2, 3))."""
+    if x.ndim != 4:
+        return None
+    t = x.transpose(0, 2, 3, 1)
+    return t.reshape(-1, x.shape[1]) if t.flags.c_contiguous else None

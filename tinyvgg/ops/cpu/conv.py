@@ -83,6 +83,7 @@ from __future__ import annotations
 from ...backend import get_array_module
 from ..shapes import as_strided, conv_output_size, pad_input, pair
 from . import parallel, scratch
+from .channels_last import ChannelsLastConvCache, conv2d_backward_cl, conv2d_forward_cl
 
 __all__ = ["conv2d_forward_fast", "conv2d_backward_fast", "FastConvCache", "CHUNK_BYTES",
            "OPTIMISATIONS"]
@@ -96,7 +97,8 @@ MIN_TASK_FLOPS = parallel.MIN_TASK_FLOPS  # smallest product worth another worke
 # product oriented for BLAS (7), and a 1x1 convolution without im2col. Chunking
 # (1, 2) is set by ``chunk_bytes``, scratch reuse (5) by ``scratch.set_limit(0)``
 # and the worker threads (6) by ``parallel.set_workers(1)``.
-OPTIMISATIONS = {"wide_columns": True, "dx_as_convolution": True, "oriented_dw": True, "pointwise": True}
+OPTIMISATIONS = {"channels_last": True, "wide_columns": True, "dx_as_convolution": True,
+                 "oriented_dw": True, "pointwise": True}
 
 
 class _Geometry:
@@ -239,6 +241,8 @@ def conv2d_forward_fast(x, weight, bias=None, stride=1, padding=0, *, relu=False
     n, c, h, w = x.shape
     f, _, kh, kw = weight.shape
     kernel, stride, padding = (kh, kw), pair(stride, "stride"), pair(padding, "padding")
+    if OPTIMISATIONS["channels_last"] and xp.__name__ == "numpy":  # the default: see .channels_last
+        return conv2d_forward_cl(x, weight, bias, stride, padding, relu, chunk_bytes)
     w2 = weight.reshape(f, -1)
     if _is_pointwise(kernel, stride, padding):
         y = _pointwise_forward(x, w2, bias, relu)
@@ -284,6 +288,8 @@ def conv2d_backward_fast(dy, cache, *, input_grad=True):
     """Gradients of :func:`conv2d_forward_fast`: ``dy`` (N, F, OH, OW) ->
     ``(dx, dweight, dbias)``, (N, C, H, W), (F, C, KH, KW) and (F,) or None;
     dx is None when ``input_grad`` is False."""
+    if isinstance(cache, ChannelsLastConvCache):
+        return conv2d_backward_cl(dy, cache, input_grad)
     x, weight, has_bias, stride, padding, relu_y, chunk_bytes = cache
     f, c, kh, kw = weight.shape
     w2 = weight.reshape(f, -1)

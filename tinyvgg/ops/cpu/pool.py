@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ...backend import get_array_module
 from . import parallel
+from .channels_last import empty_like_layout
 
 __all__ = ["maxpool2x2_forward", "maxpool2x2_backward"]
 
@@ -39,8 +40,9 @@ def maxpool2x2_forward(x):
     """
     xp = get_array_module(x)
     n, c, h, w = x.shape
-    y = xp.empty((n, c, h // 2, w // 2), dtype=x.dtype)
-    idx = xp.empty(y.shape, dtype=xp.uint8)
+    # y and idx stored like x (channels-last or not), so every pass below runs in memory order
+    y = empty_like_layout(x, (n, c, h // 2, w // 2))
+    idx = empty_like_layout(x, y.shape, xp.uint8)
 
     def task(n0, n1):
         a, b, c_, d = _quadrants(x[n0:n1], h // 2, w // 2)
@@ -63,8 +65,9 @@ def maxpool2x2_backward(dy, idx, x_shape):
     xp = get_array_module(dy)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2], dy.shape[3]
-    dx = (xp.zeros if (h % 2 or w % 2) else xp.empty)(x_shape, dtype=dy.dtype)
-
+    dx = empty_like_layout(dy, x_shape)  # stored like dy
+    if h % 2 or w % 2:
+        dx[...] = 0
     def task(n0, n1):
         for k, corner in enumerate(_quadrants(dx[n0:n1], oh, ow)):
             xp.multiply(dy[n0:n1], idx[n0:n1] == k, out=corner)

@@ -1,0 +1,149 @@
+"""The channels-last layout: activations keep their shape (N, C, H, W) and their
+values, only their memory order changes, and every layer gives the same numbers
+whichever order it is handed (see tinyvgg/ops/cpu/channels_last.py)."""
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from tinyvgg import layers as L
+from tinyvgg.models import vgg
+from tinyvgg.ops import channel_rows, conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward
+from tinyvgg.ops.cpu import channels_last as cl
+from tinyvgg.ops.cpu import conv as conv_mod
+from tinyvgg.ops.cpu import parallel
+from tinyvgg.reference import conv2d_backward_loop, conv2d_forward_loop
+
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+def as_channels_last(a):
+    """The same (N, C, H, W) array, stored (N, H, W, C)."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def test_as_channels_last_keeps_shape_and_values():
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5))
+    y = as_channels_last(x)
+    assert y.shape == x.shape and cl.is_channels_last(y) and not cl.is_channels_last(x)
+    np.testing.assert_array_equal(y, x)
+    assert channel_rows(y).shape == (2 * 4 * 5, 3) and np.shares_memory(channel_rows(y), y)
+    assert channel_rows(x) is None
+
+
+@pytest.mark.parametrize("stored", ["nchw", "channels_last"])
+@pytest.mark.parametrize("k,s,p", [((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 1), 1, 0), ((2, 3), 1, (2, 1))])
+def test_conv_takes_either_layout_and_returns_channels_last(stored, k, s, p):
+    r = np.random.default_rng(1)
+    x = r.standard_normal((3, 4, 7, 9))
+    w = r.standard_normal((5, 4) + k)
+    b = r.standard_normal(5)
+    xin = as_channels_last(x) if stored == "channels_last" else x
+    y, cache = conv2d_forward(xin, w, b, s, p)
+    assert isinstance(cache, cl.ChannelsLastConvCache) and cl.is_channels_last(y)
+    np.testing.assert_allclose(y, conv2d_forward_loop(x, w, b, s, p), **TIGHT)
+    dy = r.standard_normal(y.shape)
+    for dy_in in (dy, as_channels_last(dy)):
+        dx, dw, db = conv2d_backward(dy_in, cache)
+        dx_r, dw_r, db_r = conv2d_backward_loop(dy, x, w, s, p)
+        assert cl.is_channels_last(dx) and dw.flags.c_contiguous and dw.shape == w.shape
+        np.testing.assert_allclose(dx, dx_r, **TIGHT)
+        np.testing.assert_allclose(dw, dw_r, **TIGHT)
+        np.testing.assert_allclose(db, db_r, **TIGHT)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_gives_the_same_numbers_in_both_layouts(train):
+    r = np.random.default_rng(2)
+    x = r.standard_normal((4, 3, 5, 6)) * 3 + 1
+    dy = r.standard_normal(x.shape)
+    out = []
+    for xin, dyin in ((x, dy), (as_channels_last(x), as_channels_last(dy))):
+        bn = L.BatchNorm2d(3, dtype=np.float64)
+        bn.params["weight"][...] = [0.5, 2.0, -1.0]
+        bn.params["bias"][...] = [0.1, 0.0, -0.3]
+        bn.buffers["running_mean"][...] = [0.2, -0.1, 0.4]
+        bn.buffers["running_var"][...] = [1.5, 0.7, 2.0]
+        y = bn.forward(xin, train=train)
+        assert cl.is_channels_last(y) == cl.is_channels_last(xin)
+        dx = bn.backward(dyin)
+        out.append((y, dx, bn.grads["weight"], bn.grads["bias"], bn.buffers["running_mean"].copy(),
+                    bn.buffers["running_var"].copy()))
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, **TIGHT)
+
+
+def test_pool_and_relu_keep_the_layout_and_the_values():
+    r = np.random.default_rng(3)
+    x = r.standard_normal((2, 3, 6, 8))
+    xl = as_channels_last(x)
+    y, c = maxpool2d_forward(x, 2, 2)
+    yl, cl_cache = maxpool2d_forward(xl, 2, 2)
+    assert cl.is_channels_last(yl)
+    np.testing.assert_array_equal(y, yl)
+    dy = r.standard_normal(y.shape)
+    dxl = maxpool2d_backward(as_channels_last(dy), cl_cache)
+    assert cl.is_channels_last(dxl)
+    np.testing.assert_array_equal(maxpool2d_backward(dy, c), dxl)
+    relu = L.ReLU()
+    assert cl.is_channels_last(relu.forward(xl))
+    assert cl.is_channels_last(relu.backward(as_channels_last(r.standard_normal(x.shape))))
+
+
+def _step(model, x, y, input_grad=True):
+    from tinyvgg.losses import SoftmaxCrossEntropy
+    loss = SoftmaxCrossEntropy()
+    logits = model.forward(x, train=True)
+    loss.forward(logits, y)
+    dx = model.backward(loss.backward(), input_grad=input_grad)
+    return logits, dx, {(i, k): g.copy() for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
+
+
+def _model():
+    from tinyvgg import backend
+    backend.seed(0)  # the same weights every time
+    return vgg("vgg11", num_classes=4, input_size=32, width=1 / 16, hidden=16, batch_norm=True,
+               dropout=0.0, init="he", dtype=np.float64)
+
+
+def test_a_whole_vgg_gives_the_same_numbers_channels_last_or_first(monkeypatch):
+    r = np.random.default_rng(4)
+    x = r.standard_normal((3, 3, 32, 32))
+    y = np.array([0, 3, 1])
+    first = _step(_model(), x, y)
+    monkeypatch.setitem(conv_mod.OPTIMISATIONS, "channels_last", False)
+    second = _step(_model(), x, y)
+    np.testing.assert_allclose(first[0], second[0], **TIGHT)
+    np.testing.assert_allclose(first[1], second[1], **TIGHT)
+    assert first[2].keys() == second[2].keys()
+    for key in first[2]:
+        np.testing.assert_allclose(first[2][key], second[2][key], rtol=1e-9, atol=1e-11)
+
+
+def test_model_backward_without_input_grad_skips_dx_and_keeps_every_gradient():
+    r = np.random.default_rng(5)
+    x = r.standard_normal((2, 3, 32, 32))
+    y = np.array([1, 2])
+    _, dx, grads = _step(_model(), x, y)
+    _, none, grads2 = _step(_model(), x, y, input_grad=False)
+    assert dx.shape == x.shape and none is None
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], grads2[key])
+
+
+def _blas_threads():
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_blas_is_single_threaded_while_the_workers_run_and_gets_its_threads_back():
+    old = parallel.workers()
+    try:
+        parallel.set_workers(1)
+        before = _blas_threads()
+        parallel.set_workers(2)
+        parallel.run(lambda i: None, [(0,), (1,)], np)
+        assert _blas_threads() == [1] * len(before)
+        parallel.set_workers(1)
+        assert _blas_threads() == before
+    finally:
+        parallel.set_workers(old)

@@ -1,0 +1,233 @@
+"""The fast CPU convolution in the channels-last layout: the textbook im2col product
+with pixels as rows and channels as columns.
+
+An activation keeps its shape (N, C, H, W) everywhere in tinyvgg; only where its
+numbers sit in memory changes. "Channels-last" (PyTorch's ``channels_last``
+memory format) stores it as (N, H, W, C): the C values of one pixel side by
+side. In NumPy that is an (N, H, W, C) array seen through ``.transpose(0, 3, 1, 2)``:
+a view of shape (N, C, H, W), so every op and test sees the same array as before.
+
+Why it is faster for VGG's small maps (all measured in ``benchmarks/bench_layers.py``):
+
+1. **im2col copies runs of KW*C numbers.** With the padded chunk stored
+   (m, Hp, Wp, C), the window values of one output pixel and one kernel row are
+   KW*C consecutive numbers, so the columns (m*OH*OW, KH*KW*C) are built from
+   long runs whatever the map size (the channels-first layout copies runs of OW
+   numbers: 2 on a 2x2 map).
+2. **No folding.** The product ``cols @ W2.T`` is (m*OH*OW, F): the output
+   chunk already in channels-last order, written straight into the output with
+   ``out=``, the bias added along its rows.
+3. **Fast per-channel reductions downstream.** BatchNorm sees the activation as
+   an (N*H*W, C) matrix (``tinyvgg.layers``), whose column sums NumPy runs over
+   contiguous rows; ReLU and pooling keep the layout (NumPy's ufuncs do).
+
+The arithmetic is :func:`tinyvgg.ops.conv.conv2d_forward_simple`'s, with the
+columns' rows ordered (i, j, c) instead of (c, i, j)::
+
+    forward:   y2   = cols @ Wt.T + b       Wt = weight.transpose(0, 2, 3, 1).reshape(F, K)
+    backward:  dWt  = dy2.T @ cols          dy2 = dy as (m*OH*OW, F)
+               db   = sum of dy2 over rows
+               dx   = the same convolution of dy (stride 1), or col2im(dy2 @ Wt)
+
+Chunks of images bound the columns' memory (``CHUNK_BYTES``) and run on the
+worker threads of :mod:`tinyvgg.ops.cpu.parallel` (copy and single-threaded
+product on each core), dW and db summed in chunk order as in :mod:`.conv`.
+"""
+
+from __future__ import annotations
+
+from ...backend import get_array_module
+from ..shapes import as_strided, conv_output_size
+from . import parallel, scratch
+
+__all__ = ["conv2d_forward_cl", "conv2d_backward_cl", "ChannelsLastConvCache", "nhwc",
+           "is_channels_last", "empty_like_layout"]
+
+CHUNK_BYTES = 48 << 20  # bound on one chunk's columns (at least one image is taken)
+
+
+def is_channels_last(a):
+    """True when ``a`` (N, C, H, W) is stored (N, H, W, C), C-contiguous."""
+    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def nhwc(a):
+    """``a`` (N, C, H, W) as a C-contiguous (N, H, W, C) array: a view when it is
+    stored channels-last already, else one transposing copy."""
+    xp = get_array_module(a)
+    return xp.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def empty_like_layout(a, shape, dtype=None):
+    """An uninitialised (N, C, H, W) array of ``shape``, channels-last when ``a`` is."""
+    xp = get_array_module(a)
+    dtype = a.dtype if dtype is None else dtype
+    if is_channels_last(a):
+        n, c, h, w = shape
+        return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return xp.empty(shape, dtype=dtype)
+
+
+class _Geometry:
+    """Sizes of one convolution: output size, K = KH*KW*C, images per chunk and
+    whether the chunks are worth the worker threads."""
+
+    def __init__(self, x_shape, f, kernel, stride, padding, itemsize, chunk_bytes=None):
+        self.n, self.c, self.h, self.w = x_shape
+        self.f, self.kernel, self.stride, self.padding = f, kernel, stride, padding
+        (kh, kw), (ph, pw) = kernel, padding
+        self.oh = conv_output_size(self.h, kh, stride[0], ph)
+        self.ow = conv_output_size(self.w, kw, stride[1], pw)
+        self.k = kh * kw * self.c
+        # a 1x1 convolution with stride 1 and no padding: the image is its own column matrix
+        self.pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+        budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+        by_memory = budget // (self.k * self.oh * self.ow * itemsize)
+        self.tasks = parallel.split(2 * f * self.k * self.oh * self.ow * self.n, parallel.MIN_TASK_FLOPS)
+        self.chunk = int(max(1, min(by_memory, -(-self.n // self.tasks))))
+
+    def chunks(self):
+        return [(i, n0, min(n0 + self.chunk, self.n))
+                for i, n0 in enumerate(range(0, self.n, self.chunk))]
+
+
+def _padded(x, padding, xp):
+    """The chunk ``x`` (m, C, H, W), any layout, zero-padded as (m, Hp, Wp, C)."""
+    ph, pw = padding
+    m, c, h, w = x.shape
+    out = scratch.take((m, h + 2 * ph, w + 2 * pw, c), x.dtype, xp)
+    if ph:
+        out[:, :ph] = 0
+        out[:, ph + h:] = 0
+    if pw:
+        out[:, ph:ph + h, :pw] = 0
+        out[:, ph:ph + h, pw + w:] = 0
+    out[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    return out
+
+
+def _columns(x, g, xp):
+    """Columns of a chunk (m, C, H, W): a (m*OH*OW, KH*KW*C) scratch matrix."""
+    if g.pointwise:
+        return nhwc(x).reshape(-1, g.c)
+    (kh, kw), (sh, sw) = g.kernel, g.stride
+    xpad = _padded(x, g.padding, xp)
+    m = xpad.shape[0]
+    s_n, s_h, s_w, s_c = xpad.strides
+    # src[n, oh, ow, i, j, c] = xpad[n, oh*SH + i, ow*SW + j, c]
+    src = as_strided(xpad, (m, g.oh, g.ow, kh, kw, g.c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    cols = scratch.take(src.shape, x.dtype, xp)
+    cols[...] = src
+    return cols.reshape(m * g.oh * g.ow, g.k)
+
+
+def _rows_weight(weight):
+    """``weight`` (F, C, KH, KW) as Wt (F, KH*KW*C): columns ordered (i, j, c) like the columns'."""
+    xp = get_array_module(weight)
+    f = weight.shape[0]
+    return xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(f, -1)
+
+
+def _conv_chunk(y2, x, wt, g, bias, relu, xp):
+    """y2 (m*OH*OW, F) = the convolution of the chunk x (m, C, H, W)."""
+    cols = _columns(x, g, xp)
+    xp.matmul(cols, wt.T, out=y2)
+    if bias is not None:
+        y2 += bias
+    if relu:
+        xp.maximum(y2, 0, out=y2)
+
+
+class ChannelsLastConvCache(tuple):
+    """What :func:`conv2d_forward_cl` hands to :func:`conv2d_backward_cl`:
+    ``(x, weight, has_bias, stride, padding, relu_y, chunk_bytes)`` (backward
+    recomputes the columns from ``x``)."""
+
+    __slots__ = ()
+
+
+def conv2d_forward_cl(x, weight, bias, stride, padding, relu=False, chunk_bytes=None):
+    """x (N, C, H, W), any layout -> ``(y, cache)``, y (N, F, OH, OW) stored channels-last."""
+    xp = get_array_module(x, weight)
+    f, _, kh, kw = weight.shape
+    g = _Geometry(x.shape, f, (kh, kw), stride, padding, x.dtype.itemsize, chunk_bytes)
+    y = xp.empty((g.n, g.oh, g.ow, f), dtype=x.dtype)
+    wt = _rows_weight(weight)
+
+    def chunk(i, n0, n1):
+        _conv_chunk(y[n0:n1].reshape(-1, f), x[n0:n1], wt, g, bias, relu, xp)
+    parallel.run(chunk, g.chunks(), xp, threads=g.tasks > 1)
+    y = y.transpose(0, 3, 1, 2)
+    return y, ChannelsLastConvCache((x, weight, bias is not None, stride, padding,
+                                     y if relu else None, chunk_bytes))
+
+
+def conv2d_backward_cl(dy, cache, input_grad=True):
+    """Gradients of :func:`conv2d_forward_cl`: dy (N, F, OH, OW), any layout ->
+    ``(dx, dweight, dbias)``; dx (N, C, H, W) stored channels-last, None when
+    ``input_grad`` is False."""
+    x, weight, has_bias, stride, padding, relu_y, chunk_bytes = cache
+    xp = get_array_module(dy, weight)
+    f, c, kh, kw = weight.shape
+    g = _Geometry(x.shape, f, (kh, kw), stride, padding, x.dtype.itemsize, chunk_bytes)
+    dy4 = nhwc(dy)                                           # (N, OH, OW, F)
+    if relu_y is not None:  # the fused ReLU's gradient: zero where the output was clipped
+        dy4 = dy4 * (nhwc(relu_y) > 0)
+    wt = _rows_weight(weight)
+    (ph, pw) = padding
+    as_conv = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
+    if input_grad and as_conv:
+        # dx is the convolution of dy, zero-padded by (KH-1-PH, KW-1-PW), with the
+        # weights flipped in both spatial axes and F, C swapped: (C, F, KH, KW).
+        wflip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        gt = _Geometry(dy.shape, c, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), dy.dtype.itemsize,
+                       chunk_bytes)
+        wt_flip = _rows_weight(wflip)
+        g.chunk = min(g.chunk, gt.chunk)
+    dx = xp.empty((g.n, g.h, g.w, c), dtype=dy.dtype) if input_grad else None
+    chunks = g.chunks()
+    dw_parts, db_parts = [None] * len(chunks), [None] * len(chunks)
+
+    def chunk(i, n0, n1):
+        dy2 = dy4[n0:n1].reshape(-1, f)                      # (m*OH*OW, F)
+        cols = _columns(x[n0:n1], g, xp)                     # (m*OH*OW, K)
+        dw_parts[i] = xp.matmul(cols.T, dy2)                 # dWt.T (K, F)
+        if has_bias:  # ones @ dy2: BLAS sums the columns far faster than dy2.sum(axis=0)
+            db_parts[i] = xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
+        if not input_grad:
+            return
+        if as_conv:
+            del cols  # its scratch buffer may now hold the columns of dy
+            _conv_chunk(dx[n0:n1].reshape(-1, c), dy4[n0:n1].transpose(0, 3, 1, 2), wt_flip, gt,
+                        None, False, xp)
+        else:
+            dcols = xp.matmul(dy2, wt, out=None if g.pointwise else cols)  # (m*OH*OW, K)
+            del cols
+            _col2im_chunk(dx[n0:n1], dcols, g, xp)
+
+    parallel.run(chunk, chunks, xp, threads=g.tasks > 1)
+    dwt = _sum_in_order(dw_parts)                            # (K, F), rows (i, j, c)
+    dw = xp.ascontiguousarray(dwt.T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+    db = _sum_in_order(db_parts) if has_bias else None
+    return (dx.transpose(0, 3, 1, 2) if input_grad else None), dw, db
+
+
+def _sum_in_order(parts):
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+def _col2im_chunk(dx, dcols, g, xp):
+    """dx (m, H, W, C) = col2im of ``dcols`` (m*OH*OW, KH*KW*C): every column entry
+    added back to the pixel it came from, one strided addition per kernel offset."""
+    m = dx.shape[0]
+    (kh, kw), (sh, sw), (ph, pw) = g.kernel, g.stride, g.padding
+    dxpad = scratch.take((m, g.h + 2 * ph, g.w + 2 * pw, g.c), dx.dtype, xp)
+    dxpad[...] = 0
+    d6 = dcols.reshape(m, g.oh, g.ow, kh, kw, g.c)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[:, i:i + sh * g.oh:sh, j:j + sw * g.ow:sw] += d6[:, :, :, i, j]
+    dx[...] = dxpad[:, ph:ph + g.h, pw:pw + g.w]
