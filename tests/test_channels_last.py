@@ -52,8 +52,22 @@ def test_conv_takes_either_layout_and_returns_channels_last(stored, k, s, p):
         np.testing.assert_allclose(db, db_r, **TIGHT)
 
 
+@pytest.fixture(params=["plain", "row_slices"])
+def bn_path(request, monkeypatch):
+    """BatchNorm's plain passes, or the same passes in slices of rows on two worker
+    threads (forced here even for tiny inputs)."""
+    if request.param == "row_slices":
+        old = parallel.workers()
+        parallel.set_workers(2)
+        monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
+        yield request.param
+        parallel.set_workers(old)
+    else:
+        yield request.param
+
+
 @pytest.mark.parametrize("train", [True, False])
-def test_batchnorm_gives_the_same_numbers_in_both_layouts(train):
+def test_batchnorm_gives_the_same_numbers_in_both_layouts(train, bn_path):
     r = np.random.default_rng(2)
     x = r.standard_normal((4, 3, 5, 6)) * 3 + 1
     dy = r.standard_normal(x.shape)
@@ -71,6 +85,25 @@ def test_batchnorm_gives_the_same_numbers_in_both_layouts(train):
                     bn.buffers["running_var"].copy()))
     for a, b in zip(*out):
         np.testing.assert_allclose(a, b, **TIGHT)
+
+
+def test_batchnorm_in_row_slices_sums_through_the_reduction_seam(bn_path):
+    """With ``reduce`` set (data-parallel training), the sliced passes hand their
+    per-channel sums to it like the plain ones: a reduction that doubles every sum
+    and count (two identical shares) leaves the means, so the numbers are unchanged."""
+    r = np.random.default_rng(6)
+    x = as_channels_last(r.standard_normal((4, 3, 5, 6)))
+    dy = as_channels_last(r.standard_normal(x.shape))
+    out, calls = [], []
+    for reduce in (None, lambda s: (calls.append(s.size), s.__imul__(2))):
+        bn = L.BatchNorm2d(3, dtype=np.float64)
+        bn.reduce = reduce
+        y = bn.forward(x, train=True)
+        out.append((y, bn.backward(dy), bn.buffers["running_var"].copy()))
+    assert calls == [4, 4, 7]  # mean, variance (C sums + count), then the two backward means
+    np.testing.assert_allclose(out[0][0], out[1][0], **TIGHT)
+    np.testing.assert_allclose(out[0][1], out[1][1], **TIGHT)
+    assert not np.allclose(out[0][2], out[1][2])  # the unbiased factor m/(m-1) sees 2m values
 
 
 def test_pool_and_relu_keep_the_layout_and_the_values():
@@ -147,3 +180,23 @@ def test_blas_is_single_threaded_while_the_workers_run_and_gets_its_threads_back
         assert _blas_threads() == before
     finally:
         parallel.set_workers(old)
+
+
+@pytest.mark.parametrize("stored", ["nchw", "channels_last", "strided_view"])
+def test_relu_in_slices_equals_the_plain_relu(stored, bn_path):
+    r = np.random.default_rng(7)
+    x = r.standard_normal((3, 4, 5, 6))
+    x[0, 0, 0, :3] = [0.0, -0.0, -1e-300]  # the gradient at 0 is 0; no -0.0 in the output
+    dy = r.standard_normal(x.shape)
+    if stored == "channels_last":
+        x, dy = as_channels_last(x), as_channels_last(dy)
+    elif stored == "strided_view":
+        x, dy = np.concatenate([x, x], axis=3)[..., ::2], dy  # not dense: the plain version
+    relu = L.ReLU()
+    y = relu.forward(x)
+    dx = relu.backward(dy)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert not np.signbit(y).any()
+    np.testing.assert_array_equal(dx, dy * (x > 0))
+    if stored == "channels_last":
+        assert cl.is_channels_last(y) and cl.is_channels_last(dx)

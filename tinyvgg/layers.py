@@ -30,8 +30,9 @@ import math
 import numpy as np
 
 from . import backend
-from .ops import (channel_rows, conv2d_backward, conv2d_forward, conv_output_size, matmul,
+from .ops import (channel_rows, choose_path, conv2d_backward, conv2d_forward, conv_output_size, matmul,
                   maxpool2d_backward, maxpool2d_forward, pair)
+from .ops.cpu import parallel
 
 __all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
            "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
@@ -248,20 +249,64 @@ class MaxPool2d(Layer):
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0)."""
+    """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0).
+
+    Fast path: a large NumPy input stored C-contiguous or channels-last is cut into
+    slices of its memory that run on the worker threads; the output is stored
+    like the input."""
 
     def forward(self, x, train=False):
         self._check_input(x)
         xp = backend.get_array_module(x)
-        mask = x > 0
+        flat = _memory_order(x)
+        if flat is None:  # the plain version
+            self._cache = x > 0
+            return xp.maximum(x, x.dtype.type(0))  # not x * mask: that gives -0.0 for negative x
+        y, mask = xp.empty_like(x), xp.empty_like(x, dtype=bool)  # stored like x
+        yf, mf = _memory_order(y), _memory_order(mask)
+
+        def task(i, a, b):
+            xp.greater(flat[a:b], 0, out=mf[a:b])
+            xp.maximum(flat[a:b], x.dtype.type(0), out=yf[a:b])
+        _run_in_slices(task, x)
         self._cache = mask
-        return xp.maximum(x, x.dtype.type(0))  # not x * mask: that gives -0.0 for negative x
+        return y
 
     def backward(self, dy):
         mask = self._cached()
         self._check_dy(dy, mask.shape)
         xp = backend.get_array_module(dy)
-        return xp.multiply(dy, mask, dtype=dy.dtype)
+        dyf, mf = _memory_order(dy), _memory_order(mask)
+        if dyf is None or mf is None or dy.strides != tuple(s * dy.itemsize for s in mask.strides):
+            return xp.multiply(dy, mask, dtype=dy.dtype)  # the plain version
+        dx = xp.empty_like(dy)
+        dxf = _memory_order(dx)
+
+        def task(i, a, b):
+            xp.multiply(dyf[a:b], mf[a:b], out=dxf[a:b])
+        _run_in_slices(task, dy)
+        return dx
+
+
+def _memory_order(a):
+    """``a``'s elements as a 1-D view in memory order when ``a`` is a NumPy array on
+    the fast path stored C-contiguous or channels-last; else None."""
+    if backend.get_array_module(a) is not np or choose_path(a) != "fast":
+        return None
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    rows = channel_rows(a)
+    return None if rows is None else rows.reshape(-1)
+
+
+def _run_in_slices(task, a):
+    """task(i, start, stop) over slices of ``a``'s memory, one per worker thread when
+    ``a`` is large, else once over all of it."""
+    parts = parallel.slices(a.size, a.nbytes)
+    if len(parts) == 1:
+        task(0, 0, a.size)
+    else:
+        parallel.run(task, parts, np)
 
 
 class Dropout(Layer):
@@ -502,6 +547,9 @@ class _BatchNorm(Layer):
         self._check_input(x, ndim=self._ndim, channels=self.num_features, what=self._what)
         dt = x.dtype.type
         v, axes, bshape, restore = self._as_rows(x)   # v: (M, C) rows, or x itself
+        wide = self._wide_rows(v, axes)
+        if wide is not None:  # fast path: the same passes on wide rows, on the worker threads
+            return self._forward_fast(wide, train, restore, x.shape)
         if train:
             (mean,), m = self._batch_means(v, axes=axes)
             if m < 2:
@@ -530,9 +578,11 @@ class _BatchNorm(Layer):
     def backward(self, dy):
         xhat, invstd, train, axes, bshape, restore, x_shape = self._cached()
         self._check_dy(dy, x_shape)
-        if axes == (0,) and dy.ndim == 4:  # the statistics were taken on rows: dy as rows too
+        if axes != self._axes and dy.ndim == 4:  # the statistics were taken on rows: dy as rows too
             xp = backend.get_array_module(dy)
-            dy = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(xhat.shape)
+            dy = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, self.num_features)
+        if axes == "fast":  # the forward pass took the fast path: so does backward (bshape is k)
+            return self._backward_fast(dy, xhat, invstd, train, bshape, restore)
         gamma = self.params["weight"]
         dyx = dy * xhat
         # the gradients of this process's share (data-parallel training sums them later)
@@ -551,6 +601,113 @@ class _BatchNorm(Layer):
         dx += dy * scale
         dx -= scale * mean_dy.reshape(bshape)
         return restore(dx)
+
+    # -- the fast path: the passes above on wide rows, in slices on the worker threads ---
+
+    WIDE_ROW = 256  # values per row on the fast path: NumPy runs long rows much faster
+
+    def _wide_rows(self, v, axes):
+        """``(w, k)``: the rows ``v`` (M, C) viewed as (M / k, k * C), k pixels per
+        row (k a power of two dividing M, k * C >= ``WIDE_ROW`` where possible), so
+        every per-channel pass runs long rows instead of M rows of C values; None
+        (the plain passes) for anything but NumPy rows on the fast path."""
+        if axes != (0,) or v.ndim != 2 or backend.get_array_module(v) is not np or choose_path(v) != "fast":
+            return None
+        m, c = v.shape
+        k = 1
+        while k * c < self.WIDE_ROW and m % (2 * k) == 0:
+            k *= 2
+        return v.reshape(m // k, k * c), k
+
+    def _sums_in_slices(self, parts, k, fn):
+        """Per-channel sums over the batch of the column sums ``fn(r0, r1)`` returns
+        for each slice of wide rows, run on the worker threads and added in slice
+        order: ``[sums, ...]``."""
+        out = [None] * len(parts)
+
+        def task(i, r0, r1):
+            out[i] = fn(r0, r1)
+        parallel.run(task, parts, np)
+        c = self.num_features
+        return [sum(col[1:], col[0]).reshape(k, c).sum(axis=0) for col in zip(*out)]
+
+    def _means_of_sums(self, sums, m):
+        """Means over the batch (the global batch when ``self.reduce`` is set) from
+        this process's per-channel ``sums`` over ``m`` values each."""
+        if self.reduce is None:
+            return [s * s.dtype.type(1 / m) for s in sums], m
+        c = self.num_features
+        s = np.concatenate([np.asarray(t, dtype=np.float64) for t in sums] + [np.array([m], np.float64)])
+        self.reduce(s)
+        count = int(s[-1])
+        return [(s[i * c:(i + 1) * c] / count).astype(sums[0].dtype) for i in range(len(sums))], count
+
+    def _forward_fast(self, wide, train, restore, x_shape):
+        v, k = wide                                    # (M / k, k * C)
+        m_local = v.shape[0] * k                       # values per channel in this process
+        parts = parallel.slices(v.shape[0], v.nbytes)
+        dt = v.dtype.type
+        xhat, y = np.empty_like(v), np.empty_like(v)
+        if train:
+            sums = self._sums_in_slices(parts, k, lambda a, b: [self._sums(v[a:b], (0,))])
+            (mean,), m = self._means_of_sums(sums, m_local)
+            if m < 2:
+                raise ShapeError(f"{self!r}: training needs more than one value per channel to "
+                                 f"compute a variance, got input shape {x_shape}")
+            mean_k = np.tile(mean, k)
+
+            def centred_squares(r0, r1):  # xhat holds x - mean for now
+                xc = np.subtract(v[r0:r1], mean_k, out=xhat[r0:r1])
+                return [np.einsum("ij,ij->j", xc, xc)]  # column sums of xc * xc, no temporary
+            (var,), _ = self._means_of_sums(self._sums_in_slices(parts, k, centred_squares), m_local)
+            mom = dt(self.momentum)
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= (1 - mom)
+            rm += mom * mean
+            rv *= (1 - mom)
+            rv += mom * var * dt(m / (m - 1))
+            self.num_batches_tracked += 1
+        else:
+            mean_k, var = np.tile(self.buffers["running_mean"], k), self.buffers["running_var"]
+        invstd = (var + dt(self.eps)) ** dt(-0.5)
+        invstd_k, gamma_k = np.tile(invstd, k), np.tile(self.params["weight"], k)
+        beta_k = np.tile(self.params["bias"], k)
+
+        def normalise(i, r0, r1):
+            if not train:
+                np.subtract(v[r0:r1], mean_k, out=xhat[r0:r1])
+            np.multiply(xhat[r0:r1], invstd_k, out=xhat[r0:r1])
+            np.multiply(xhat[r0:r1], gamma_k, out=y[r0:r1])
+            y[r0:r1] += beta_k
+        parallel.run(normalise, parts, np)
+        self._cache = (xhat, invstd, train, "fast", k, restore, x_shape)
+        return restore(y.reshape(-1, self.num_features))
+
+    def _backward_fast(self, dy, xhat, invstd, train, k, restore):
+        dy = dy.reshape(xhat.shape)                    # wide rows, like xhat
+        parts = parallel.slices(dy.shape[0], dy.nbytes)
+        dx = np.empty_like(dy)
+
+        def dy_and_dyx(r0, r1):  # column sums of dy and of dy * xhat
+            return [self._sums(dy[r0:r1], (0,)), np.einsum("ij,ij->j", dy[r0:r1], xhat[r0:r1])]
+        sum_dy, sum_dyx = self._sums_in_slices(parts, k, dy_and_dyx)
+        self.grads = {"weight": sum_dyx, "bias": sum_dy}
+        (mean_dy, mean_dyx), _ = self._means_of_sums([sum_dy, sum_dyx], dy.shape[0] * k)
+        scale = self.params["weight"] * invstd
+        scale_k = np.tile(scale, k)
+        if train:  # dx = scale * dy + (-scale * mean(dy * xhat)) * xhat - scale * mean(dy)
+            b_k, c_k = np.tile(-scale * mean_dyx, k), np.tile(-scale * mean_dy, k)
+
+        def combine(i, r0, r1):
+            out = dx[r0:r1]
+            if train:
+                np.multiply(xhat[r0:r1], b_k, out=out)
+                out += c_k
+                out += dy[r0:r1] * scale_k
+            else:
+                np.multiply(dy[r0:r1], scale_k, out=out)
+        parallel.run(combine, parts, np)
+        return restore(dx.reshape(-1, self.num_features))
 
 
 class BatchNorm2d(_BatchNorm):

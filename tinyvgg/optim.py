@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from . import backend
+from .ops.cpu import parallel
 
 __all__ = ["SGD", "Schedule", "ConstantLR", "ReduceOnPlateau", "StepLR", "CosineLR", "OneCycleLR",
            "make_schedule"]
@@ -66,40 +67,50 @@ class SGD:
                 f"nesterov={self.nesterov}, decay_bias_and_norm={self.decay_bias_and_norm})")
 
     def step(self):
-        """Update every parameter in place from its gradient."""
-        lr, mom, wd = self.lr, self.momentum, self.weight_decay
-        for name, p, g in self.model.named_parameters():
+        """Update every parameter in place from its gradient. On NumPy arrays the
+        parameters are shared out between the worker threads of the ops (each
+        update is independent; the numbers do not depend on which thread ran it)."""
+        params = list(self.model.named_parameters())
+        for name, p, g in params:
             if g is None:
                 raise RuntimeError(f"SGD.step: parameter {name} has no gradient; call the "
                                    f"model's backward() before step()")
             if g.shape != p.shape:
                 raise ValueError(f"SGD.step: gradient of {name} has shape {g.shape}, parameter {p.shape}")
-            xp = backend.get_array_module(p)
-            dt = p.dtype.type
-            # d is a scratch array owned by the optimiser, reused every step, so the
-            # layer's gradient is never modified and no temporary is allocated.
             d = self._scratch.get(name)
             if d is None or d.shape != p.shape or d.dtype != p.dtype:
-                d = self._scratch[name] = xp.empty_like(p)
-            if wd and (p.ndim > 1 or self.decay_bias_and_norm):
-                xp.multiply(p, dt(wd), out=d)
-                d += g
-            else:
-                d[...] = g
-            if mom:
-                v = self.buffers.get(name)
-                if v is None:
-                    v = self.buffers[name] = d.copy()  # as PyTorch: the first buffer is g
-                else:
-                    v *= dt(mom)
-                    v += d
-                if self.nesterov:
-                    d += dt(mom) * v
-                else:
-                    d[...] = v
-            d *= dt(lr)
-            p -= d
+                # d is a scratch array owned by the optimiser, reused every step, so the
+                # layer's gradient is never modified and no temporary is allocated.
+                self._scratch[name] = backend.get_array_module(p).empty_like(p)
+        groups = _balanced_groups(params, parallel.workers())
+        xp = backend.get_array_module(params[0][1]) if params else np
+        parallel.run(lambda group: [self._update(*t) for t in group], [(g,) for g in groups], xp)
         self.steps += 1
+
+    def _update(self, name, p, g):
+        """One parameter's SGD update (PyTorch's formulas, see the class notes)."""
+        xp = backend.get_array_module(p)
+        dt = p.dtype.type
+        lr, mom, wd = self.lr, self.momentum, self.weight_decay
+        d = self._scratch[name]
+        if wd and (p.ndim > 1 or self.decay_bias_and_norm):
+            xp.multiply(p, dt(wd), out=d)
+            d += g
+        else:
+            d[...] = g
+        if mom:
+            v = self.buffers.get(name)
+            if v is None:
+                v = self.buffers[name] = d.copy()  # as PyTorch: the first buffer is g
+            else:
+                v *= dt(mom)
+                v += d
+            if self.nesterov:
+                d += dt(mom) * v
+            else:
+                d[...] = v
+        d *= dt(lr)
+        p -= d
 
     # -- checkpointing ---------------------------------------------------------
     def state_dict(self):
@@ -330,3 +341,17 @@ def make_schedule(name, optimizer, *, epochs, steps_per_epoch, patience=2, step_
     if name == "constant":
         return ConstantLR(optimizer, warmup_steps=warmup)
     raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def _balanced_groups(params, n):
+    """``params`` ((name, p, g) triples) in ``n`` groups of about equal size, largest
+    first into the lightest group; small models stay in one group (one thread)."""
+    total = sum(p.size for _, p, _ in params)
+    n = parallel.split(total * 16, parallel.MIN_TASK_BYTES) if n > 1 else 1  # ~4 passes of 4 bytes
+    groups, sizes = [[] for _ in range(n)], [0] * n
+    for t in sorted(params, key=lambda t: -t[1].size):
+        i = sizes.index(min(sizes))
+        groups[i].append(t)
+        sizes[i] += t[1].size
+    return [g for g in groups if g]
+

@@ -38,9 +38,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from ...backend import get_array_module
 
-__all__ = ["run", "split", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS"]
+__all__ = ["run", "split", "slices", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS",
+           "MIN_TASK_BYTES"]
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
+MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth another worker
 
 _state = {"workers": None, "executor": None, "controller": None, "blas_limit": None}
 _lock = threading.Lock()
@@ -107,6 +109,15 @@ def split(work, min_task_work):
     and far more on a busy machine, where a task waits until its thread is
     scheduled."""
     return int(max(1, min(workers(), work // max(1, min_task_work))))
+
+
+def slices(n, nbytes, min_task_bytes=None):
+    """``[(i, start, stop), ...]``: ``range(n)`` (images, rows) cut into one slice
+    per worker for a memory-bound pass over ``nbytes`` bytes, none smaller than
+    ``min_task_bytes`` (default ``MIN_TASK_BYTES``); one slice when small."""
+    parts = split(nbytes, MIN_TASK_BYTES if min_task_bytes is None else min_task_bytes)
+    step = -(-n // parts)
+    return [(i, r0, min(r0 + step, n)) for i, r0 in enumerate(range(0, n, step))]
 
 
 def run(fn, tasks, xp=None, threads=True):

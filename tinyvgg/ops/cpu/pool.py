@@ -23,7 +23,6 @@ def _quadrants(a, oh, ow):
     return [a[:, :, i:2 * oh:2, j:2 * ow:2] for i in (0, 1) for j in (0, 1)]
 
 
-MIN_TASK_BYTES = 2 << 20  # the smallest slice of the input worth another worker thread
 
 
 def maxpool2x2_forward(x):
@@ -77,6 +76,5 @@ def maxpool2x2_backward(dy, idx, x_shape):
 
 def _run_batch_slices(task, n, nbytes, xp):
     """task(n0, n1) over one slice of the batch per worker (one slice when small)."""
-    parts = parallel.split(nbytes, MIN_TASK_BYTES)
-    step = -(-n // parts)
-    parallel.run(task, [(i, min(i + step, n)) for i in range(0, n, step)], xp, threads=parts > 1)
+    parts = parallel.slices(n, nbytes)
+    parallel.run(task, [(n0, n1) for _, n0, n1 in parts], xp, threads=len(parts) > 1)
