@@ -1,20 +1,29 @@
 """Time one full training step (forward, loss, backward, SGD update) against PyTorch.
 
-    python benchmarks/bench_train.py             # full run (a few minutes on 2 cores)
+    python benchmarks/bench_train.py             # full run (several minutes on 2 cores)
     python benchmarks/bench_train.py --quick     # smoke run: tiny networks, seconds
-    python benchmarks/bench_train.py --device gpu
+    python benchmarks/bench_train.py --only vgg11-32-w0.25 --profile
 
-Networks (hidden = :func:`tinyvgg.models.hidden_width`, 4096 * width, as the
-trainer and ``vgg()`` pick it; dropout 0.5):
+Networks (the headline rows are those users train on a CPU; hidden = the width of
+fc6/fc7, stated in the table; dropout 0.5 without BatchNorm, none with it):
 
-- VGG-11 at 32x32, batch 64, width 1 and width 1/4 (10 classes);
+- VGG-11 at 32x32, batch 64, width 1 with the command line's own hidden width
+  (4096 * width = 4096) and with 512 (a classifier that no longer dominates);
+- VGG-11 at 32x32, batch 64, width 1/4, hidden 1024 (the command line's) and 128;
+- VGG-11-BN at 32x32, batch 64, width 1/4, hidden 1024 (``tinyvgg train``'s CIFAR network);
 - VGG-16 at 224x224, batch 8, width 1 (1000 classes).
 
-The PyTorch network is built here layer for layer (same convolutions, pools,
-Linear sizes, ReLU and dropout; SGD with momentum 0.9 and weight decay 5e-4,
-cross-entropy loss) and timed interleaved with tinyvgg's in one loop. Reported:
-median step time, images per second, the ratio to PyTorch and the peak memory
-of a step (tracemalloc for NumPy; peak RSS of a fresh process for both).
+The PyTorch network is built here layer for layer (same convolutions, BatchNorm,
+pools, Linear sizes, ReLU and dropout; SGD with momentum 0.9 and weight decay 5e-4,
+cross-entropy loss). **Each library runs in its own fresh process**, in blocks of
+steps that alternate between the two for ``--rounds`` rounds: in one process the two
+slowed each other down (PyTorch's step took twice its own time when interleaved
+step by step with tinyvgg's), and alternating blocks still lets both see the same
+machine load. Reported: median step time, images per second, the ratio to PyTorch
+(at its default threads), the share of the GEMM ceiling (NumPy's single-precision
+GEMM rate on 2048 x 2048 matrices measured in the same run, at BLAS's default
+threads) that the step's arithmetic reaches, and the peak memory of a step
+(tracemalloc for NumPy; peak RSS of a fresh process for both).
 Results go to ``<out>/bench_train.json`` and ``<out>/bench_train.md``.
 """
 
@@ -22,27 +31,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import _common as C  # noqa: E402  (puts the repo root on sys.path)
 import numpy as np
 
-from tinyvgg.models import hidden_width  # noqa: E402  (the model's rule: 4096 * width, at least 16)
 
-TARGETS = {"vgg11-32-w1": 1.3, "vgg11-32-w0.25": 2.0}
+TARGETS = {"vgg11-32-w1": 1.0, "vgg11-32-w0.25": 1.3}
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
 
 def configs(quick):
-    """(key, model name, input size, width, batch, classes)."""
+    """(key, model name, input size, width, batch, classes, hidden, batch_norm)."""
     if quick:
-        return [("vgg11-32-w1", "vgg11", 32, 1 / 16, 4, 10),
-                ("vgg11-32-w0.25", "vgg11", 32, 1 / 64, 4, 10),
-                ("vgg16-224-w1", "vgg16", 64, 1 / 16, 2, 10)]
-    return [("vgg11-32-w1", "vgg11", 32, 1.0, 64, 10),
-            ("vgg11-32-w0.25", "vgg11", 32, 0.25, 64, 10),
-            ("vgg16-224-w1", "vgg16", 224, 1.0, 8, 1000)]
+        return [("vgg11-32-w1", "vgg11", 32, 1 / 16, 4, 10, 256, False),
+                ("vgg11-bn-32-w0.25", "vgg11", 32, 1 / 64, 4, 10, 64, True),
+                ("vgg16-224-w1", "vgg16", 64, 1 / 16, 2, 10, 256, False)]
+    return [("vgg11-32-w1", "vgg11", 32, 1.0, 64, 10, 4096, False),
+            ("vgg11-32-w1-h512", "vgg11", 32, 1.0, 64, 10, 512, False),
+            ("vgg11-32-w0.25", "vgg11", 32, 0.25, 64, 10, 1024, False),
+            ("vgg11-32-w0.25-h128", "vgg11", 32, 0.25, 64, 10, 128, False),
+            ("vgg11-bn-32-w0.25", "vgg11", 32, 0.25, 64, 10, 1024, True),
+            ("vgg16-224-w1", "vgg16", 224, 1.0, 8, 1000, 4096, False)]
 
 
 def make_batch(n, size, classes, seed=0):
@@ -52,15 +64,15 @@ def make_batch(n, size, classes, seed=0):
     return x, y
 
 
-def tinyvgg_step(name, size, width, batch, classes):
+def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm):
     """A closure running one tinyvgg training step, and the model."""
     from tinyvgg import backend
     from tinyvgg.losses import SoftmaxCrossEntropy
     from tinyvgg.models import vgg
     from tinyvgg.optim import SGD
     backend.seed(0)
-    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_width(width),
-                dropout=0.5, init="he")
+    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden,
+                dropout=0.0 if batch_norm else 0.5, batch_norm=batch_norm, init="he")
     opt = SGD(model, LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     loss_fn = SoftmaxCrossEntropy()
     x, y = make_batch(batch, size, classes)
@@ -69,7 +81,7 @@ def tinyvgg_step(name, size, width, batch, classes):
     def step():
         logits = model.forward(x, train=True)
         loss_fn.forward(logits, y)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)  # as the trainer: no dx for the images
         opt.step()
     return step, model
 
@@ -83,6 +95,8 @@ def torch_net(torch, model):
         if isinstance(layer, L.Conv2d):
             mods.append(nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                                   layer.stride, layer.padding))
+        elif isinstance(layer, L.BatchNorm2d):
+            mods.append(nn.BatchNorm2d(layer.num_features))
         elif isinstance(layer, L.ReLU):
             mods.append(nn.ReLU(inplace=True))  # as torchvision's VGG
         elif isinstance(layer, L.MaxPool2d):
@@ -115,41 +129,22 @@ def torch_step(torch, model, size, batch, classes, device):
     return step, nparams
 
 
-def profile_step(name, size, width, batch, classes, repeats=3):
+def profile_step(name, size, width, batch, classes, hidden, batch_norm, repeats=3):
     """Where a tinyvgg step's time goes: each layer's forward and backward timed by
     wrapping it (grouped by layer type), the loss and the SGD update; seconds per
     step. The wrappers add microseconds per layer, nothing more."""
     import time
     from collections import defaultdict
-
-    from tinyvgg import backend
-    from tinyvgg.losses import SoftmaxCrossEntropy
-    from tinyvgg.models import vgg
-    from tinyvgg.optim import SGD
     acc = defaultdict(float)
 
     def timed(key, fn):
         return C.accumulate_time(acc, key, fn)
 
-    backend.seed(0)
-    model = vgg(name, num_classes=classes, input_size=size, width=width, hidden=hidden_width(width),
-                dropout=0.5, init="he")
+    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm)
     for layer in model.layers:
         kind = type(layer).__name__
         layer.forward = timed(f"{kind} forward", layer.forward)
         layer.backward = timed(f"{kind} backward", layer.backward)
-    opt = SGD(model, LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    loss_fn = SoftmaxCrossEntropy()
-    loss_fn.forward = timed("loss", loss_fn.forward)
-    loss_fn.backward = timed("loss", loss_fn.backward)
-    opt.step = timed("SGD update", opt.step)
-    x, y = (backend.to_device(a) for a in make_batch(batch, size, classes))
-
-    def step():
-        logits = model.forward(x, train=True)
-        loss_fn.forward(logits, y)
-        model.backward(loss_fn.backward())
-        opt.step()
     step()
     acc.clear()
     t0 = time.perf_counter()
@@ -157,28 +152,65 @@ def profile_step(name, size, width, batch, classes, repeats=3):
         step()
     total = (time.perf_counter() - t0) / repeats
     out = {k: v / repeats for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
-    out["other"] = total - sum(out.values())
+    out["loss, SGD update and the rest"] = total - sum(out.values())
     out["total"] = total
     return out
 
 
+def step_flops(model, batch, size):
+    """Multiply-adds x 2 of one training step: every convolution and Linear layer's
+    forward, dW and dx (no dx for the first layer, as in training)."""
+    from tinyvgg import layers as L
+    shape, total, first = (batch, 3, size, size), 0, True
+    for layer in model.layers:
+        if isinstance(layer, L.Conv2d):
+            out = layer.output_shape(shape)
+            kh, kw = layer.kernel_size
+            fwd = 2 * out[0] * out[1] * out[2] * out[3] * layer.in_channels * kh * kw
+            total += fwd * (2 if first else 3)
+            first, shape = False, out
+        elif isinstance(layer, L.MaxPool2d):
+            shape = layer.output_shape(shape)
+        elif isinstance(layer, L.Flatten):
+            shape = (shape[0], shape[1] * shape[2] * shape[3])
+        elif isinstance(layer, L.Linear):
+            total += 3 * 2 * shape[0] * layer.in_features * layer.out_features
+            shape = (shape[0], layer.out_features)
+    return total
+
+
 def probe(spec):
-    """--probe: peak RSS of one training step (after one untimed step), fresh process."""
-    key, name, size, width, batch, classes = spec["config"]
-    step, model = tinyvgg_step(name, size, width, batch, classes)
+    """--probe (a fresh process): ``mode`` "rss": peak RSS of one training step
+    (after one untimed step); "time": the times of ``steps`` steps after two
+    untimed ones."""
+    import time
+    key, name, size, width, batch, classes, hidden, batch_norm = spec["config"]
+    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm)
     if spec["lib"] == "torch":
         import torch
         step, _ = torch_step(torch, model, size, batch, classes, "cpu")
         del model
-    step()  # the first step creates the optimiser's buffers: measure a later one
-    print(json.dumps({"rss_peak": C.rss_peak_of(step)}))
+    if spec.get("mode", "rss") == "rss":
+        step()  # the first step creates the optimiser's buffers: measure a later one
+        print(json.dumps({"rss_peak": C.rss_peak_of(step)}))
+        return
+    step()
+    step()
+    times = []
+    for _ in range(spec["steps"]):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"times": times}))
 
 
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--rss", choices=("all", "none"), default=None,
                    help="peak RSS of a step in a fresh process (default: all; none with --quick)")
-    p.add_argument("--pause", type=float, default=0.05, help="seconds of sleep between timed steps")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating blocks of steps per library (default 3; 1 with --quick)")
+    p.add_argument("--block-seconds", type=float, default=4.0, help="about how long one block of steps runs")
     p.add_argument("--only", default=None, help="comma-separated config keys to run")
     p.add_argument("--profile", action="store_true",
                    help="also time each layer type's forward and backward inside tinyvgg's step")
@@ -186,57 +218,65 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.probe:
         return probe(json.loads(args.probe))
-    rss_mode = args.rss or ("none" if args.quick or args.device == "gpu" else "all")
-
-    C.select_device(args.device)
-    torch, tv_sync, th_sync, info = C.start(args)
-
+    if args.device != "cpu":
+        raise SystemExit("bench_train: the CPU benchmark (the GPU one is benchmarks/gpu_check.sh)")
+    rss_mode = args.rss or ("none" if args.quick else "all")
+    rounds = args.rounds or (1 if args.quick else 3)
+    torch, _, _, info = C.start(args)
+    info["pinning_variables"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    # The GEMM ceiling, here in the parent process, with BLAS at its default threads.
+    ceiling = C.gemm_rate(np, 512 if args.quick else 2048, 3 if args.quick else 7)[0]
+    print(f"GEMM ceiling (NumPy sgemm, 2048 x 2048): {ceiling:.0f} GFLOP/s", flush=True)
+    script = Path(__file__)
     rows = []
     for cfg in configs(args.quick):
-        key, name, size, width, batch, classes = cfg
+        key, name, size, width, batch, classes, hidden, batch_norm = cfg
         if args.only and key not in args.only.split(","):
             continue
-        step, model = tinyvgg_step(name, size, width, batch, classes)
-        fns, syncs = {"tinyvgg": step}, {"tinyvgg": tv_sync}
-        nparams_torch = None
-        if torch is not None:
-            th_step, nparams_torch = torch_step(torch, model, size, batch, classes, args.device)
-            for suffix, variant in C.torch_variants(torch, th_step, args.device).items():
-                fns["torch" + suffix], syncs["torch" + suffix] = variant, th_sync
-        times = C.interleaved(fns, repeats=args.repeats or (2 if args.quick else None), warmup=1,
-                              syncs=syncs, budget=20.0 if not args.quick else 0.5,
-                              pause=0 if args.quick else args.pause)
-        med = {k: C.median(v) for k, v in times.items()}
+        step, model = tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm)
+        flops = step_flops(model, batch, size)
+        # how many steps fill a block: one timed step here (after a warm-up)
+        step()
+        t_one = C.time_once(step, lambda: None)
+        steps = 2 if args.quick else int(max(3, min(40, args.block_seconds / t_one)))
+        libs = ["tinyvgg"] + (["torch"] if torch is not None else [])
+        times = {lib: [] for lib in libs}
+        for _ in range(rounds):
+            for lib in libs:
+                r = C.run_probe(script, {"config": list(cfg), "lib": lib, "mode": "time", "steps": steps})
+                if r is None:
+                    raise SystemExit(f"bench_train: the {lib} timing process failed for {key}")
+                times[lib] += r["times"]
+        med = {lib: C.median(v) for lib, v in times.items()}
         row = {"config": key, "model": name, "input_size": size, "width": width, "batch": batch,
-               "classes": classes, "hidden": hidden_width(width), "params": model.num_params(),
-               "torch_params": nparams_torch, "repeats": len(times["tinyvgg"]),
-               "tinyvgg_step_s": med["tinyvgg"],
-               # PyTorch at its best: the faster of its default threads and one thread
-               "torch_step_s": min((med[k] for k in ("torch", "torch1t") if k in med), default=None),
-               "torch_default_threads_step_s": med.get("torch"),
-               "torch_1thread_step_s": med.get("torch1t"),
-               "tinyvgg_images_per_s": batch / med["tinyvgg"],
-               "times": times}
+               "classes": classes, "hidden": hidden, "batch_norm": batch_norm, "params": model.num_params(),
+               "step_gflop": flops / 1e9, "rounds": rounds, "steps_per_block": steps,
+               "tinyvgg_step_s": med["tinyvgg"], "torch_step_s": med.get("torch"),
+               "tinyvgg_images_per_s": batch / med["tinyvgg"], "times": times,
+               "tinyvgg_gemm_ceiling_share": flops / med["tinyvgg"] / 1e9 / ceiling}
         row["torch_images_per_s"] = batch / row["torch_step_s"] if row["torch_step_s"] else None
+        row["torch_gemm_ceiling_share"] = (flops / row["torch_step_s"] / 1e9 / ceiling
+                                           if row["torch_step_s"] else None)
         row["ratio"] = C.ratio(row["tinyvgg_step_s"], row["torch_step_s"])
-        row["ratio_vs_torch_default_threads"] = C.ratio(row["tinyvgg_step_s"], row["torch_default_threads_step_s"])
-        if args.device == "cpu":
-            from bench_layers import release_scratch
-            release_scratch()
-            row["tinyvgg_peak_traced_bytes"] = C.traced_peak(step)
-        del step, model, fns
+        from bench_layers import release_scratch
+        release_scratch()
+        row["tinyvgg_peak_traced_bytes"] = C.traced_peak(step)
+        del step, model
         if args.profile:
-            row["profile_s"] = profile_step(name, size, width, batch, classes, repeats=2 if args.quick else 3)
+            row["profile_s"] = profile_step(name, size, width, batch, classes, hidden, batch_norm,
+                                            repeats=2 if args.quick else 5)
         if rss_mode == "all":
-            for lib in ("tinyvgg", "torch") if torch is not None else ("tinyvgg",):
-                r = C.run_probe(Path(__file__), {"config": list(cfg), "lib": lib})
+            for lib in libs:
+                r = C.run_probe(script, {"config": list(cfg), "lib": lib})
                 row[f"{lib}_peak_rss_bytes"] = r and r["rss_peak"]
         rows.append(row)
-        print(f"{key:16s} step {C.fmt_ms(row['tinyvgg_step_s']):>9s} ms  torch {C.fmt_ms(row['torch_step_s']):>9s} ms"
-              f"  ratio {C.fmt_x(row['ratio'])}  ({row['tinyvgg_images_per_s']:.1f} img/s)", flush=True)
+        print(f"{key:20s} step {C.fmt_ms(row['tinyvgg_step_s']):>9s} ms  torch {C.fmt_ms(row['torch_step_s']):>9s} ms"
+              f"  ratio {C.fmt_x(row['ratio'])}  ({row['tinyvgg_images_per_s']:.1f} img/s, "
+              f"{100 * row['tinyvgg_gemm_ceiling_share']:.0f}% of the GEMM ceiling)", flush=True)
 
     info["loadavg_at_end"] = C.loadavg()
     payload = {"benchmark": "bench_train", "quick": args.quick, "machine": info, "targets": TARGETS,
+               "gemm_ceiling_gflops": ceiling,
                "optimizer": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
                "steps": rows}
     md = markdown(payload)
@@ -251,16 +291,24 @@ def markdown(payload):
     if payload["quick"]:
         lines += ["**Quick (smoke) run: tiny networks, not the benchmark's numbers.**", ""]
     lines += C.machine_lines(info)
-    lines += ["- step: forward (train mode, dropout 0.5), softmax cross-entropy, backward, "
-              "SGD (lr 0.01, momentum 0.9, weight decay 5e-4); hidden = 4096 * width",
-              "- times: medians, tinyvgg and PyTorch steps interleaved in one loop after a warm-up step",
-              "- PyTorch: the faster of its default threads and one thread (both timed in the same loop)",
-              ""]
-    headers = ["network", "batch", "params", "step ms", "torch step ms", "ratio", "torch default threads ms",
-               "img/s", "torch img/s", "peak MB (tracemalloc)", "peak MB (RSS)", "torch peak MB (RSS)"]
-    trs = [[f"{r['model']} @{r['input_size']} w{r['width']:g}", r["batch"], f"{r['params']:,}",
+    pins = info.get("pinning_variables") or {}
+    lines += [f"- OpenBLAS pinning variables: " + (", ".join(f"{k}={v}" for k, v in pins.items() if v)
+                                                    or "none set (the user configuration)"),
+              "- step: forward (train mode), softmax cross-entropy, backward (no dx for the images), "
+              "SGD (lr 0.01, momentum 0.9, weight decay 5e-4)",
+              "- times: medians; each library in its own fresh process, blocks of steps alternating "
+              "between the two; PyTorch at its default threads",
+              f"- GEMM ceiling: NumPy's sgemm on 2048 x 2048 matrices, {payload['gemm_ceiling_gflops']:.0f} "
+              "GFLOP/s in this run; \"% ceiling\" = the step's arithmetic (2 x multiply-adds of every "
+              "convolution and Linear layer's forward, dW and dx) / step time / ceiling", ""]
+    headers = ["network", "hidden", "batch", "params", "GFLOP/step", "step ms", "torch step ms", "ratio",
+               "% ceiling", "torch % ceiling", "img/s", "torch img/s", "peak MB (tracemalloc)",
+               "peak MB (RSS)", "torch peak MB (RSS)"]
+    trs = [[f"{r['model']}{'-BN' if r['batch_norm'] else ''} @{r['input_size']} w{r['width']:g}", r["hidden"],
+            r["batch"], f"{r['params']:,}", f"{r['step_gflop']:.1f}",
             C.fmt_ms(r["tinyvgg_step_s"]), C.fmt_ms(r["torch_step_s"]), C.fmt_x(r["ratio"]),
-            C.fmt_ms(r["torch_default_threads_step_s"]),
+            f"{100 * r['tinyvgg_gemm_ceiling_share']:.0f}%",
+            "n/a" if r["torch_gemm_ceiling_share"] is None else f"{100 * r['torch_gemm_ceiling_share']:.0f}%",
             C.fmt_f(r["tinyvgg_images_per_s"], 1), C.fmt_f(r["torch_images_per_s"], 1),
             C.fmt_mb(r.get("tinyvgg_peak_traced_bytes")), C.fmt_mb(r.get("tinyvgg_peak_rss_bytes")),
             C.fmt_mb(r.get("torch_peak_rss_bytes"))] for r in rows]
@@ -277,8 +325,8 @@ def markdown(payload):
                   "the default configuration (worker threads on).", ""]
         for r in prof:
             p = r["profile_s"]
-            lines += [f"**{r['model']} @{r['input_size']} w{r['width']:g}, batch {r['batch']}**: "
-                      f"{p['total'] * 1e3:.0f} ms", ""]
+            lines += [f"**{r['model']}{'-BN' if r['batch_norm'] else ''} @{r['input_size']} w{r['width']:g}, "
+                      f"hidden {r['hidden']}, batch {r['batch']}**: {p['total'] * 1e3:.0f} ms", ""]
             lines += [C.table(["part", "ms", "%"], [[k, C.fmt_ms(v), f"{100 * v / p['total']:.1f}%"]
                                                     for k, v in p.items() if k != "total"]), ""]
     lines += ["## Targets", ""]
@@ -288,6 +336,10 @@ def markdown(payload):
     for key, limit in payload["targets"].items():
         if key in by:
             lines.append(C.target_line(f"training step {key}", by[key]["ratio"], limit))
+    if "vgg11-32-w1" in by:
+        share = by["vgg11-32-w1"]["tinyvgg_gemm_ceiling_share"]
+        lines.append(f"- training step vgg11-32-w1 at {100 * share:.0f}% of the GEMM ceiling, target >= 50%: "
+                     + ("met" if share >= 0.5 else f"**missed** by {50 - 100 * share:.0f} points"))
     return "\n".join(lines)
 
 
