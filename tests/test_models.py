@@ -21,7 +21,7 @@ SMALL = dict(width=1 / 16, input_size=32, hidden=32, num_classes=10)
 # Table 2 of the paper, exact counts at input 224 and 1000 classes.
 TABLE2 = {"A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848, "C": 133_638_952,
           "D": 138_357_544, "E": 143_667_240}
-CONV_COUNT = {"A": 8, "A-LRN": 8, "B": 10, "C": 13, "D": 13, "E": 16}
+CONV_COUNT = {"A": 8, "A-LRN": 8, "B": 10, "C": 13, "D": 13, "E": 16, "B-5x5": 5}
 # BatchNorm adds gamma and beta per conv output channel.
 BN_EXTRA = {k: 2 * sum(max(1, int(e.split("-")[1])) for b in CONFIGS[k] for e in b
                        if e.startswith("conv")) for k in CONFIGS}
@@ -584,3 +584,20 @@ def test_model_hooks_observe_every_layer_without_changing_anything():
     w.ys.clear()
     model.forward(x, train=True)
     assert w.ys == {}
+
+
+def test_b_5x5_is_b_with_each_pair_of_3x3_replaced_by_one_5x5():
+    """Section 4.1's shallow net: B's five blocks of two 3x3 convolutions, each one 5x5
+    (padding 2, the same output size and receptive field), and its exact count at 224:
+    5x5 layers 4,864 + 204,928 + 819,456 + 3,277,312 + 6,554,112, fully connected
+    102,764,544 + 16,781,312 + 4,097,000."""
+    b, s = vgg("vgg13", **SMALL), vgg("vgg13_5x5", **SMALL)
+    cb, cs = convs(b), convs(s)
+    assert [l.kernel_size for _, l in cs] == [(5, 5)] * 5 and all(l.padding == (2, 2) for _, l in cs)
+    assert [l.out_channels for _, l in cb][1::2] == [l.out_channels for _, l in cs]
+    assert count_params("vgg13_5x5") == 134_503_528 == (4_864 + 204_928 + 819_456 + 3_277_312 + 6_554_112
+                                                        + 102_764_544 + 16_781_312 + 4_097_000)
+    assert count_params("vgg13_5x5") > TABLE2["B"]  # more weights, fewer non-linearities
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert s.forward(x).shape == b.forward(x).shape == (2, 10)
+

@@ -1,4 +1,5 @@
-"""The six VGG configurations of Table 1 (Simonyan & Zisserman, 2014) as models.
+"""The six VGG configurations of Table 1 (Simonyan & Zisserman, 2014) as models,
+and the shallow 5x5 variant of B that section 4.1 compares them with.
 
 Notation
 --------
@@ -11,8 +12,15 @@ Table 1 in code
 :data:`CONFIGS` maps a configuration letter to its five blocks, written as the
 paper writes them: ``"conv3-64"`` is a 3x3 convolution with 64 output channels
 (stride 1, padding 1, so the spatial size is kept), ``"conv1-256"`` a 1x1
-convolution (configuration C), ``"LRN"`` local response normalisation (A-LRN)
-and ``"maxpool"`` a 2x2 max-pool of stride 2. Every convolution is followed by a
+convolution (configuration C), ``"conv5-64"`` a 5x5 convolution (padding 2),
+``"LRN"`` local response normalisation (A-LRN) and ``"maxpool"`` a 2x2 max-pool
+of stride 2.
+
+``"B-5x5"`` (name ``vgg13_5x5``) is not a column of Table 1: it is the "shallow
+net" of section 4.1, configuration B with each pair of 3x3 convolutions replaced
+by one 5x5 convolution (the same receptive field, half the non-linearities, more
+weights: 134,503,528 parameters at 224 pixels against B's 133,047,848). The paper
+reports its top-1 error 7% higher than B's (single-scale, ILSVRC validation). Every convolution is followed by a
 ReLU (by BatchNorm2d and then ReLU with ``batch_norm=True``, as torchvision).
 After the five blocks the classifier is Flatten, Linear(d, hidden), ReLU,
 Dropout, Linear(hidden, hidden), ReLU, Dropout, Linear(hidden, K).
@@ -105,11 +113,19 @@ CONFIGS = {
         ["conv3-512", "conv3-512", "conv3-512", "conv3-512", "maxpool"],
         ["conv3-512", "conv3-512", "conv3-512", "conv3-512", "maxpool"],
     ],
+    # Section 4.1's shallow variant of B: each pair of 3x3 convolutions is one 5x5.
+    "B-5x5": [
+        ["conv5-64", "maxpool"],
+        ["conv5-128", "maxpool"],
+        ["conv5-256", "maxpool"],
+        ["conv5-512", "maxpool"],
+        ["conv5-512", "maxpool"],
+    ],
 }
 
 # torchvision-style names of the configurations (C and A-LRN are not in torchvision).
 NAMES = {"vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16_1x1": "C", "vgg16": "D",
-         "vgg19": "E"}
+         "vgg19": "E", "vgg13_5x5": "B-5x5"}
 _LETTER_TO_NAME = {v: k for k, v in NAMES.items()}
 _LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 _CONV_RE = re.compile(r"^conv(\d+)-(\d+)$")
@@ -144,8 +160,9 @@ def resolve_name(name, batch_norm=False):
         base, bn = base[:-3], True
     if base.lower() in NAMES:
         return NAMES[base.lower()], bn
-    letter = base.upper().replace("_", "-")
-    if letter in CONFIGS:
+    letters = {k.upper(): k for k in CONFIGS}  # "a-lrn" -> "A-LRN", "b-5X5" -> "B-5x5"
+    letter = letters.get(base.upper().replace("_", "-"))
+    if letter is not None:
         return letter, bn
     raise ValueError(f"vgg: unknown configuration {name!r}; valid names: {_valid_names()}")
 
@@ -253,7 +270,7 @@ def vgg(name, num_classes=1000, input_size=224, width=1.0, batch_norm=False, hid
         dropout=0.5, init=DEFAULT_INIT, dtype=np.float32, in_channels=3):
     """Build a VGG of Table 1 on the current device.
 
-    ``name``: "vgg11" (A), "vgg11_lrn" (A-LRN), "vgg13" (B), "vgg16_1x1" (C),
+    ``name``: "vgg11" (A), "vgg11_lrn" (A-LRN), "vgg13" (B), "vgg13_5x5" (B-5x5), "vgg16_1x1" (C),
     "vgg16" (D), "vgg19" (E), or the letters; a "_bn" suffix or
     ``batch_norm=True`` adds BatchNorm2d after every convolution (before the ReLU).
     The model maps x (N, C, s, s) to logits (N, num_classes), s = ``input_size``,
