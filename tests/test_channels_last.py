@@ -200,3 +200,19 @@ def test_relu_in_slices_equals_the_plain_relu(stored, bn_path):
     np.testing.assert_array_equal(dx, dy * (x > 0))
     if stored == "channels_last":
         assert cl.is_channels_last(y) and cl.is_channels_last(dx)
+
+
+@pytest.mark.parametrize("stored", ["nchw", "channels_last"])
+def test_batchnorm_in_eval_mode_never_calls_the_reduction(stored, bn_path):
+    """Running statistics are constants: evaluation (forward and backward) needs no
+    sums from the other processes, on the plain path and the fast one."""
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 4))
+    if stored == "channels_last":
+        x = as_channels_last(x)
+    calls = []
+    bn = L.BatchNorm2d(3, dtype=np.float64)
+    bn.reduce = lambda s: calls.append(s.size)
+    y = bn.forward(x, train=False)
+    dx = bn.backward(np.ones_like(y))
+    assert calls == []
+    np.testing.assert_allclose(dx, np.ones_like(x) / np.sqrt(1 + bn.eps), rtol=1e-12)

@@ -587,14 +587,14 @@ class _BatchNorm(Layer):
         dyx = dy * xhat
         # the gradients of this process's share (data-parallel training sums them later)
         self.grads = {"weight": self._sums(dyx, axes), "bias": self._sums(dy, axes)}
+        scale = (gamma * invstd).reshape(bshape)        # dxhat = gamma * dy, then * invstd
+        if not train:  # running statistics are constants
+            return restore(dy * scale)
         if self.reduce is None:
             m = dy.size // self.num_features
             mean_dy, mean_dyx = (self.grads[k] * dy.dtype.type(1 / m) for k in ("bias", "weight"))
         else:  # the means over the global batch
             (mean_dy, mean_dyx), _ = self._batch_means(dy, dyx, axes=axes)
-        scale = (gamma * invstd).reshape(bshape)        # dxhat = gamma * dy, then * invstd
-        if not train:  # running statistics are constants
-            return restore(dy * scale)
         # xhat depends on every value of its channel through the batch mean and variance:
         # dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
         dx = xhat * (-scale * mean_dyx.reshape(bshape))
@@ -629,7 +629,7 @@ class _BatchNorm(Layer):
             out[i] = fn(r0, r1)
         parallel.run(task, parts, np)
         c = self.num_features
-        return [sum(col[1:], col[0]).reshape(k, c).sum(axis=0) for col in zip(*out)]
+        return [parallel.sum_in_order(list(col)).reshape(k, c).sum(axis=0) for col in zip(*out)]
 
     def _means_of_sums(self, sums, m):
         """Means over the batch (the global batch when ``self.reduce`` is set) from
@@ -692,10 +692,10 @@ class _BatchNorm(Layer):
             return [self._sums(dy[r0:r1], (0,)), np.einsum("ij,ij->j", dy[r0:r1], xhat[r0:r1])]
         sum_dy, sum_dyx = self._sums_in_slices(parts, k, dy_and_dyx)
         self.grads = {"weight": sum_dyx, "bias": sum_dy}
-        (mean_dy, mean_dyx), _ = self._means_of_sums([sum_dy, sum_dyx], dy.shape[0] * k)
         scale = self.params["weight"] * invstd
         scale_k = np.tile(scale, k)
         if train:  # dx = scale * dy + (-scale * mean(dy * xhat)) * xhat - scale * mean(dy)
+            (mean_dy, mean_dyx), _ = self._means_of_sums([sum_dy, sum_dyx], dy.shape[0] * k)
             b_k, c_k = np.tile(-scale * mean_dyx, k), np.tile(-scale * mean_dy, k)
 
         def combine(i, r0, r1):

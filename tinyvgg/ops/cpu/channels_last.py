@@ -206,17 +206,10 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
             _col2im_chunk(dx[n0:n1], dcols, g, xp)
 
     parallel.run(chunk, chunks, xp, threads=g.tasks > 1)
-    dwt = _sum_in_order(dw_parts)                            # (K, F), rows (i, j, c)
+    dwt = parallel.sum_in_order(dw_parts)                            # (K, F), rows (i, j, c)
     dw = xp.ascontiguousarray(dwt.T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
-    db = _sum_in_order(db_parts) if has_bias else None
+    db = parallel.sum_in_order(db_parts) if has_bias else None
     return (dx.transpose(0, 3, 1, 2) if input_grad else None), dw, db
-
-
-def _sum_in_order(parts):
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
 
 
 def _col2im_chunk(dx, dcols, g, xp):

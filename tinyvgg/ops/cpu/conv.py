@@ -327,8 +327,8 @@ def conv2d_backward_fast(dy, cache, *, input_grad=True):
             _col2im_chunk(dx[n0:n1], dcols, g)
 
     parallel.run(chunk, [(i, n0, n1) for i, (n0, n1) in enumerate(chunks)], xp, threads=g.tasks > 1)
-    dw2 = _sum_in_order(dw_parts)  # in chunk order: the sum does not depend on thread timing
-    db = _sum_in_order(db_parts) if has_bias else None
+    dw2 = parallel.sum_in_order(dw_parts)  # in chunk order: the sum does not depend on thread timing
+    db = parallel.sum_in_order(db_parts) if has_bias else None
     dw = xp.ascontiguousarray(dw2.T) if transposed_dw else dw2
     return dx, dw.reshape(weight.shape), db
 
@@ -339,13 +339,6 @@ def _relu_gradient(dyc, relu_y, n0, n1):
         return dyc
     xp = get_array_module(dyc)
     return xp.multiply(dyc, relu_y[n0:n1] > 0, out=scratch.take(dyc.shape, dyc.dtype, xp))
-
-
-def _sum_in_order(parts):
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
 
 
 def _dx_as_convolution(dy, weight, g, chunk_bytes):

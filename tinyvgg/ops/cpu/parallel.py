@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from ...backend import get_array_module
 
-__all__ = ["run", "split", "slices", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS",
+__all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS",
            "MIN_TASK_BYTES"]
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
@@ -118,6 +118,16 @@ def slices(n, nbytes, min_task_bytes=None):
     parts = split(nbytes, MIN_TASK_BYTES if min_task_bytes is None else min_task_bytes)
     step = -(-n // parts)
     return [(i, r0, min(r0 + step, n)) for i, r0 in enumerate(range(0, n, step))]
+
+
+def sum_in_order(parts):
+    """``parts[0] + parts[1] + ...`` added in list order, into ``parts[0]``: sums of
+    per-task results (dW, db, BatchNorm's column sums) that do not depend on which
+    thread finished first."""
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def run(fn, tasks, xp=None, threads=True):
