@@ -89,6 +89,7 @@ EXCLUDED = {
         "weights by tests/test_foreign_weights.py::test_init_from_fine_tunes_converted_weights_end_to_end",
     ".venv/bin/python benchmarks/bench_layers.py": "a benchmark: minutes of timing",
     ".venv/bin/python benchmarks/bench_train.py": "a benchmark: minutes of timing",
+    ".venv/bin/python benchmarks/bench_train_loop.py": "a benchmark: trains on CIFAR-10 for minutes, needs PyTorch",
     ".venv/bin/python experiments/paper_tables.py": "trains a study of networks on CIFAR-10 (about an hour)",
     ".venv/bin/python benchmarks/bench_distributed.py": "a benchmark: several MPI runs",
     "bash benchmarks/gpu_check.sh": "needs an NVIDIA GPU and CuPy",
