@@ -216,3 +216,29 @@ def test_batchnorm_in_eval_mode_never_calls_the_reduction(stored, bn_path):
     dx = bn.backward(np.ones_like(y))
     assert calls == []
     np.testing.assert_allclose(dx, np.ones_like(x) / np.sqrt(1 + bn.eps), rtol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_columns_kept_from_forward_give_the_same_gradients_as_recomputed_ones(chunk_bytes, monkeypatch):
+    """Small layers keep the forward's columns for backward (KEEP_COLUMNS_BYTES); the
+    gradients equal those of columns built again, and a second backward on the same
+    cache (the kept columns were used up) still gives them."""
+    r = np.random.default_rng(9)
+    x = as_channels_last(r.standard_normal((5, 3, 9, 8)))
+    w, b = r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
+    dy = r.standard_normal((5, 4, 9, 8))
+    out = {}
+    for keep in (0, 1 << 30):
+        monkeypatch.setattr(cl, "KEEP_COLUMNS_BYTES", keep)
+        y, cache = conv2d_forward(x, w, b, 1, 1, chunk_bytes=chunk_bytes)
+        assert (cache[-1] is None) == (keep == 0) and (keep == 0 or len(cache[-1]) >= 1)
+        out[keep] = conv2d_backward(dy, cache)
+        assert keep == 0 or cache[-1] == {}  # used up: the buffers go back to the scratch pool
+        again = conv2d_backward(dy, cache)
+        for a, e in zip(out[keep], again):
+            np.testing.assert_allclose(a, e, **TIGHT)
+    dx_r, dw_r, db_r = conv2d_backward_loop(dy, np.asarray(x), w, 1, 1)
+    for keep, (dx, dw, db) in out.items():
+        np.testing.assert_allclose(dx, dx_r, **TIGHT)
+        np.testing.assert_allclose(dw, dw_r, **TIGHT)
+        np.testing.assert_allclose(db, db_r, **TIGHT)

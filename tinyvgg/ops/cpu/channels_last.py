@@ -32,6 +32,10 @@ columns' rows ordered (i, j, c) instead of (c, i, j)::
 Chunks of images bound the columns' memory (``CHUNK_BYTES``) and run on the
 worker threads of :mod:`tinyvgg.ops.cpu.parallel` (copy and single-threaded
 product on each core), dW and db summed in chunk order as in :mod:`.conv`.
+When a layer's columns for the whole batch are small (``KEEP_COLUMNS_BYTES``,
+the narrow networks trained on CPUs), the forward pass keeps them for backward,
+which then does not build them again; larger ones are recomputed chunk by chunk
+(the memory bound of the channels-first version).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = ["conv2d_forward_cl", "conv2d_backward_cl", "ChannelsLastConvCache", "
            "is_channels_last", "empty_like_layout"]
 
 CHUNK_BYTES = 48 << 20  # bound on one chunk's columns (at least one image is taken)
+KEEP_COLUMNS_BYTES = 64 << 20  # forward keeps a layer's columns for backward up to this (0: never)
 
 
 def is_channels_last(a):
@@ -129,19 +134,37 @@ def _rows_weight(weight):
 
 
 def _conv_chunk(y2, x, wt, g, bias, relu, xp):
-    """y2 (m*OH*OW, F) = the convolution of the chunk x (m, C, H, W)."""
+    """y2 (m*OH*OW, F) = the convolution of the chunk x (m, C, H, W); returns the
+    chunk's columns."""
     cols = _columns(x, g, xp)
     xp.matmul(cols, wt.T, out=y2)
     if bias is not None:
         y2 += bias
     if relu:
         xp.maximum(y2, 0, out=y2)
+    return cols
+
+
+def _dx_geometry(g, weight_shape, chunk_bytes, itemsize):
+    """The geometry of dx computed as a convolution of dy (stride 1 and padding at
+    most the kernel's reach), or None (col2im). Shrinks ``g.chunk`` so that both
+    products share the chunks."""
+    f, c, kh, kw = weight_shape
+    ph, pw = g.padding
+    if not (g.stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1):
+        return None
+    gt = _Geometry((g.n, f, g.oh, g.ow), c, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), itemsize,
+                   chunk_bytes)
+    g.chunk = min(g.chunk, gt.chunk)
+    return gt
 
 
 class ChannelsLastConvCache(tuple):
     """What :func:`conv2d_forward_cl` hands to :func:`conv2d_backward_cl`:
-    ``(x, weight, has_bias, stride, padding, relu_y, chunk_bytes)`` (backward
-    recomputes the columns from ``x``)."""
+    ``(x, weight, has_bias, stride, padding, relu_y, chunk_bytes, kept)``; ``kept``
+    maps each chunk ``(n0, n1)`` to the forward's columns (emptied by the first
+    backward) or is None; backward recomputes the columns of a chunk from ``x``
+    when they are not there."""
 
     __slots__ = ()
 
@@ -153,20 +176,26 @@ def conv2d_forward_cl(x, weight, bias, stride, padding, relu=False, chunk_bytes=
     g = _Geometry(x.shape, f, (kh, kw), stride, padding, x.dtype.itemsize, chunk_bytes)
     y = xp.empty((g.n, g.oh, g.ow, f), dtype=x.dtype)
     wt = _rows_weight(weight)
+    keep = g.n * g.oh * g.ow * g.k * x.dtype.itemsize <= KEEP_COLUMNS_BYTES
+    if keep:  # chunk as backward will, so that it can use these columns
+        _dx_geometry(g, weight.shape, chunk_bytes, x.dtype.itemsize)
+    kept = {} if keep else None
 
     def chunk(i, n0, n1):
-        _conv_chunk(y[n0:n1].reshape(-1, f), x[n0:n1], wt, g, bias, relu, xp)
+        cols = _conv_chunk(y[n0:n1].reshape(-1, f), x[n0:n1], wt, g, bias, relu, xp)
+        if keep:
+            kept[n0, n1] = cols
     parallel.run(chunk, g.chunks(), xp, threads=g.tasks > 1)
     y = y.transpose(0, 3, 1, 2)
     return y, ChannelsLastConvCache((x, weight, bias is not None, stride, padding,
-                                     y if relu else None, chunk_bytes))
+                                     y if relu else None, chunk_bytes, kept))
 
 
 def conv2d_backward_cl(dy, cache, input_grad=True):
     """Gradients of :func:`conv2d_forward_cl`: dy (N, F, OH, OW), any layout ->
     ``(dx, dweight, dbias)``; dx (N, C, H, W) stored channels-last, None when
     ``input_grad`` is False."""
-    x, weight, has_bias, stride, padding, relu_y, chunk_bytes = cache
+    x, weight, has_bias, stride, padding, relu_y, chunk_bytes, kept = cache
     xp = get_array_module(dy, weight)
     f, c, kh, kw = weight.shape
     g = _Geometry(x.shape, f, (kh, kw), stride, padding, x.dtype.itemsize, chunk_bytes)
@@ -174,23 +203,22 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
     if relu_y is not None:  # the fused ReLU's gradient: zero where the output was clipped
         dy4 = dy4 * (nhwc(relu_y) > 0)
     wt = _rows_weight(weight)
-    (ph, pw) = padding
-    as_conv = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
+    # dx as the convolution of dy, zero-padded by (KH-1-PH, KW-1-PW), with the weights
+    # flipped in both spatial axes and F, C swapped: (C, F, KH, KW); or col2im
+    gt = _dx_geometry(g, weight.shape, chunk_bytes, dy.dtype.itemsize)
+    as_conv = gt is not None
     if input_grad and as_conv:
-        # dx is the convolution of dy, zero-padded by (KH-1-PH, KW-1-PW), with the
-        # weights flipped in both spatial axes and F, C swapped: (C, F, KH, KW).
-        wflip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        gt = _Geometry(dy.shape, c, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), dy.dtype.itemsize,
-                       chunk_bytes)
-        wt_flip = _rows_weight(wflip)
-        g.chunk = min(g.chunk, gt.chunk)
+        wt_flip = _rows_weight(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     dx = xp.empty((g.n, g.h, g.w, c), dtype=dy.dtype) if input_grad else None
     chunks = g.chunks()
     dw_parts, db_parts = [None] * len(chunks), [None] * len(chunks)
+    kept = kept or {}
 
     def chunk(i, n0, n1):
         dy2 = dy4[n0:n1].reshape(-1, f)                      # (m*OH*OW, F)
-        cols = _columns(x[n0:n1], g, xp)                     # (m*OH*OW, K)
+        cols = kept.pop((n0, n1), None)                      # (m*OH*OW, K): the forward's,
+        if cols is None:                                     # or built again from x
+            cols = _columns(x[n0:n1], g, xp)
         dw_parts[i] = xp.matmul(cols.T, dy2)                 # dWt.T (K, F)
         if has_bias:  # ones @ dy2: BLAS sums the columns far faster than dy2.sum(axis=0)
             db_parts[i] = xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
@@ -206,6 +234,7 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
             _col2im_chunk(dx[n0:n1], dcols, g, xp)
 
     parallel.run(chunk, chunks, xp, threads=g.tasks > 1)
+    kept.clear()  # (every chunk took its own out already)
     dwt = parallel.sum_in_order(dw_parts)                            # (K, F), rows (i, j, c)
     dw = xp.ascontiguousarray(dwt.T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
     db = parallel.sum_in_order(db_parts) if has_bias else None
