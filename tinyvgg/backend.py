@@ -31,8 +31,8 @@ makes.
 Fast paths
 ----------
 The ops (:mod:`tinyvgg.ops`) have a textbook version of every operation (im2col,
-one matrix product, col2im) and faster ones (the CUDA kernels on the GPU; chunks,
-wide columns, scratch buffers and worker threads on the CPU). ``use_fast(False)``
+one matrix product, col2im) and faster ones (the CUDA kernels on the GPU;
+channels-last activations, chunks, scratch buffers and worker threads on the CPU). ``use_fast(False)``
 (or the environment variable ``TINYVGG_FAST=0`` at import) makes every op take
 the textbook version, on either device, so that a whole network trains on it;
 ``use_fast(True)`` (the default) turns the fast paths back on. ``fast()`` says

@@ -8,7 +8,7 @@ Layout
 - :mod:`.pool`: max-pooling, textbook version first;
 - :mod:`.dense`: the fully connected layers' matrix product;
 - :mod:`.paths`: the one rule that picks the GPU, fast CPU or textbook path;
-- :mod:`.cpu`: the fast CPU path (chunks, wide columns, scratch buffers, worker threads);
+- :mod:`.cpu`: the fast CPU path (channels-last activations, chunks, scratch buffers, worker threads);
 - :mod:`.gpu`: the CUDA kernels and their NumPy twins.
 
 ``tinyvgg.backend.use_fast(False)`` (or ``TINYVGG_FAST=0``) runs everything on

@@ -22,7 +22,7 @@ with the same ``im2col``/``col2im`` the lessons print (:mod:`tinyvgg.ops.im2col`
 :func:`conv2d_forward` and :func:`conv2d_backward` are what the layers call. They
 pick a path (see :mod:`tinyvgg.ops.paths`): the CUDA kernels for an array on the
 GPU (:mod:`tinyvgg.ops.gpu`), the fast CPU code for a NumPy array
-(:mod:`tinyvgg.ops.cpu`: chunks, wide columns, scratch buffers, worker threads),
+(:mod:`tinyvgg.ops.cpu`: channels-last activations, chunks, scratch buffers, worker threads),
 and the textbook functions below when the fast paths are off
 (``tinyvgg.backend.use_fast(False)`` or ``TINYVGG_FAST=0``). All three compute
 the same numbers; ``tests/test_ops.py`` checks them against the loops of

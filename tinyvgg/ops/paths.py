@@ -3,7 +3,7 @@
 - ``"gpu"``: the array lives on the GPU (CuPy) and the fast paths are on: the
   CUDA kernels of :mod:`tinyvgg.ops.gpu`.
 - ``"fast"``: a host (NumPy) array, fast paths on: :mod:`tinyvgg.ops.cpu`
-  (chunks, wide columns, scratch buffers, worker threads).
+  (channels-last activations, chunks, scratch buffers, worker threads).
 - ``"simple"``: the fast paths are off (``tinyvgg.backend.use_fast(False)`` or
   ``TINYVGG_FAST=0``): the textbook version at the top of each op's module, with
   NumPy or CuPy alike.

@@ -1,7 +1,11 @@
-"""The fast CPU convolution: the textbook im2col product, with the data moved cleverly.
+"""The fast CPU convolution, channels-first: the textbook im2col product, with the data moved cleverly.
 
 The textbook version is :func:`tinyvgg.ops.conv.conv2d_forward_simple` (read it
-first); this module computes the same numbers faster on NumPy arrays. The
+first); this module computes the same numbers faster on NumPy arrays. The default
+on NumPy is now its channels-last sibling (:mod:`.channels_last`, taken at the top
+of :func:`conv2d_forward_fast` while ``OPTIMISATIONS["channels_last"]`` is on);
+everything below is what runs when it is off, and what the channels-last version
+borrows from (chunks, scratch buffers, worker threads, dx as a convolution). The
 notation is that module's: x (N, C, H, W), weight (F, C, KH, KW), output
 (N, F, OH, OW), P = OH*OW positions per image, K = C*KH*KW per column.
 
