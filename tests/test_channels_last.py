@@ -242,3 +242,19 @@ def test_columns_kept_from_forward_give_the_same_gradients_as_recomputed_ones(ch
         np.testing.assert_allclose(dx, dx_r, **TIGHT)
         np.testing.assert_allclose(dw, dw_r, **TIGHT)
         np.testing.assert_allclose(db, db_r, **TIGHT)
+
+
+def test_conv2d_keeps_columns_only_when_training():
+    """Evaluation (train=False) is followed by no backward: the layer keeps no columns,
+    and a backward after it still works (built again from the input)."""
+    r = np.random.default_rng(10)
+    layer = L.Conv2d(3, 4, 3, padding=1, dtype=np.float64)
+    x = r.standard_normal((2, 3, 6, 6))
+    layer.forward(x, train=True)
+    assert layer._cache[0][-1]  # the kept columns
+    y = layer.forward(x, train=False)
+    assert layer._cache[0][-1] is None
+    dx = layer.backward(np.ones_like(y))
+    dx_r, dw_r, _ = conv2d_backward_loop(np.ones(y.shape), x, layer.params["weight"], 1, 1)
+    np.testing.assert_allclose(dx, dx_r, **TIGHT)
+    np.testing.assert_allclose(layer.grads["weight"], dw_r, **TIGHT)

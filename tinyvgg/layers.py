@@ -186,7 +186,7 @@ class Conv2d(Layer):
             raise ShapeError(f"{self!r}: kernel {self.kernel_size} is larger than the padded input "
                              f"{(x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)} (input shape {_shape(x)})")
         y, cache = conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                  self.stride, self.padding)
+                                  self.stride, self.padding, keep_columns=train)
         self._cache = (cache, y.shape)
         return y
 

@@ -69,7 +69,8 @@ def conv2d_backward_simple(dy, cache, *, input_grad=True):
     return dx, dw.reshape(weight.shape), db
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None,
+                   keep_columns=True):
     """Convolve ``x`` (N, C, H, W) with ``weight`` (F, C, KH, KW) plus ``bias`` (F,).
 
     Returns ``(y, cache)`` with ``y`` of shape (N, F, OH, OW); pass ``cache`` to
@@ -78,13 +79,16 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, *, relu=False, chu
     before backward. ``relu=True`` returns ``max(conv + bias, 0)`` (a fused ReLU;
     backward then takes the gradient of the ReLU too). ``chunk_bytes`` overrides
     the fast paths' bound on one chunk's columns (tests use it to force chunking).
+    ``keep_columns=False`` tells the fast CPU path that no backward will follow
+    (evaluation), so it keeps no columns for one.
     Raises ``ValueError`` when the kernel is larger than the padded input.
     """
     path = choose_path(x)
     if path == "gpu":  # CUDA kernels for im2col/col2im, cuBLAS for the products
         return gpu.conv2d_forward_gpu(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
     if path == "fast":
-        return cpu.conv2d_forward_fast(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes)
+        return cpu.conv2d_forward_fast(x, weight, bias, stride, padding, relu=relu, chunk_bytes=chunk_bytes,
+                                       keep_columns=keep_columns)
     return conv2d_forward_simple(x, weight, bias, stride, padding, relu=relu)
 
 

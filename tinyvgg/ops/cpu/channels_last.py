@@ -48,7 +48,7 @@ __all__ = ["conv2d_forward_cl", "conv2d_backward_cl", "ChannelsLastConvCache", "
            "is_channels_last", "empty_like_layout"]
 
 CHUNK_BYTES = 48 << 20  # bound on one chunk's columns (at least one image is taken)
-KEEP_COLUMNS_BYTES = 64 << 20  # forward keeps a layer's columns for backward up to this (0: never)
+KEEP_COLUMNS_BYTES = 32 << 20  # forward keeps a layer's columns for backward up to this (0: never)
 
 
 def is_channels_last(a):
@@ -169,14 +169,15 @@ class ChannelsLastConvCache(tuple):
     __slots__ = ()
 
 
-def conv2d_forward_cl(x, weight, bias, stride, padding, relu=False, chunk_bytes=None):
-    """x (N, C, H, W), any layout -> ``(y, cache)``, y (N, F, OH, OW) stored channels-last."""
+def conv2d_forward_cl(x, weight, bias, stride, padding, relu=False, chunk_bytes=None, keep_columns=True):
+    """x (N, C, H, W), any layout -> ``(y, cache)``, y (N, F, OH, OW) stored channels-last.
+    ``keep_columns=False``: no backward follows (evaluation), keep no columns for it."""
     xp = get_array_module(x, weight)
     f, _, kh, kw = weight.shape
     g = _Geometry(x.shape, f, (kh, kw), stride, padding, x.dtype.itemsize, chunk_bytes)
     y = xp.empty((g.n, g.oh, g.ow, f), dtype=x.dtype)
     wt = _rows_weight(weight)
-    keep = g.n * g.oh * g.ow * g.k * x.dtype.itemsize <= KEEP_COLUMNS_BYTES
+    keep = keep_columns and g.n * g.oh * g.ow * g.k * x.dtype.itemsize <= KEEP_COLUMNS_BYTES
     if keep:  # chunk as backward will, so that it can use these columns
         _dx_geometry(g, weight.shape, chunk_bytes, x.dtype.itemsize)
     kept = {} if keep else None

@@ -236,7 +236,8 @@ def _is_pointwise(kernel, stride, padding):
             and padding == (0, 0))
 
 
-def conv2d_forward_fast(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None):
+def conv2d_forward_fast(x, weight, bias=None, stride=1, padding=0, *, relu=False, chunk_bytes=None,
+                        keep_columns=True):
     """``tinyvgg.ops.conv2d_forward`` for NumPy arrays: x (N, C, H, W), weight
     (F, C, KH, KW), bias (F,) or None -> ``(y (N, F, OH, OW), FastConvCache)``.
     ``relu=True`` fuses a ReLU; ``chunk_bytes`` overrides ``CHUNK_BYTES`` (1: one
@@ -246,7 +247,7 @@ def conv2d_forward_fast(x, weight, bias=None, stride=1, padding=0, *, relu=False
     f, _, kh, kw = weight.shape
     kernel, stride, padding = (kh, kw), pair(stride, "stride"), pair(padding, "padding")
     if OPTIMISATIONS["channels_last"] and xp.__name__ == "numpy":  # the default: see .channels_last
-        return conv2d_forward_cl(x, weight, bias, stride, padding, relu, chunk_bytes)
+        return conv2d_forward_cl(x, weight, bias, stride, padding, relu, chunk_bytes, keep_columns)
     w2 = weight.reshape(f, -1)
     if _is_pointwise(kernel, stride, padding):
         y = _pointwise_forward(x, w2, bias, relu)
