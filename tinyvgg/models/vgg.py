@@ -20,8 +20,10 @@ of stride 2.
 net" of section 4.1, configuration B with each pair of 3x3 convolutions replaced
 by one 5x5 convolution (the same receptive field, half the non-linearities, more
 weights: 134,503,528 parameters at 224 pixels against B's 133,047,848). The paper
-reports its top-1 error 7% higher than B's (single-scale, ILSVRC validation). Every convolution is followed by a
-ReLU (by BatchNorm2d and then ReLU with ``batch_norm=True``, as torchvision).
+reports its top-1 error 7% higher than B's (single-scale, ILSVRC validation).
+
+Every convolution is followed by a ReLU (by BatchNorm2d and then ReLU with
+``batch_norm=True``, as torchvision).
 After the five blocks the classifier is Flatten, Linear(d, hidden), ReLU,
 Dropout, Linear(hidden, hidden), ReLU, Dropout, Linear(hidden, K).
 
@@ -362,12 +364,6 @@ class _Sequential:
             if i == last and not input_grad and isinstance(layer, Conv2d):
                 layer.backward(dy, input_grad=False)
                 return None
-            dy = layer.backward(dy)
-        return dy
-        for name, layer in zip(reversed(self.layer_names), reversed(self.layers)):
-            for h in self._hooks:
-                if hasattr(h, "before_backward"):
-                    h.before_backward(name, layer, dy)
             dy = layer.backward(dy)
         return dy
 

@@ -67,6 +67,7 @@ def maxpool2x2_backward(dy, idx, x_shape):
     dx = empty_like_layout(dy, x_shape)  # stored like dy
     if h % 2 or w % 2:
         dx[...] = 0
+
     def task(n0, n1):
         for k, corner in enumerate(_quadrants(dx[n0:n1], oh, ow)):
             xp.multiply(dy[n0:n1], idx[n0:n1] == k, out=corner)
