@@ -147,7 +147,13 @@ def _add_train_args(p, defaults):
     p.add_argument("--limit", type=int, default=None,
                    help="use only LIMIT images (a seeded sample that keeps the class proportions)")
     p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="seed of the initialisation, batch order, augmentation and dropout "
+                        "(and of the validation hold-out unless --split-seed is given)")
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the validation hold-out and the --limit sample (default: "
+                        "--seed); runs with different --seed and one --split-seed share "
+                        "their validation images")
     p.add_argument("--device", default=defaults.device, choices=["cpu", "gpu"])
     p.add_argument("--out", default=defaults.out, help="run folder")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
@@ -537,7 +543,7 @@ def _rebuild_argv(args, fix):
     fix_keys = {fix[i].lstrip("-").replace("-", "_") for i in range(len(fix)) if fix[i].startswith("--")}
     for key in ("model", "width", "hidden", "batch_norm", "dropout", "init", "dataset", "data_dir",
                 "input_size", "val_size", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-                "warmup_epochs", "limit", "seed", "device", "dtype"):
+                "warmup_epochs", "limit", "seed", "split_seed", "device", "dtype"):
         v = getattr(args, key, None)
         if key in fix_keys or v is None:
             continue

@@ -635,8 +635,8 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
 
     split : None (the default), "test", "val", "train" or "all".
         "val" is the validation set held out by the training run (``train_config``'s
-        limit, val_size, seed and sampling, drawn by :func:`tinyvgg.data.train_val_split`
-        as training drew it) from the training split of ``data_dir``. "train" and
+        limit, val_size, split_seed (its seed when None) and sampling, drawn by
+        :func:`tinyvgg.data.train_val_split` as training drew it) from the training split of ``data_dir``. "train" and
         "all" are every image of the training split / folder; "test" is the test split.
         A class folder without train/val/test sub-folders is evaluated whole for
         None and "test", except the very folder the model was trained on, which has
@@ -663,7 +663,8 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     where = name if name != "folder" else str(data_dir)
 
     def held_out(why=""):
-        limit, seed = tc.get("limit"), int(tc.get("seed", 0))
+        limit = tc.get("limit")
+        seed = int(tc["split_seed"] if tc.get("split_seed") is not None else tc.get("seed", 0))
         vs = tc.get("val_size", 0.1)
         # Checkpoints saved before stratified sampling drew their split by a shuffle.
         stratify = tc.get("sampling", "shuffle") != "shuffle"

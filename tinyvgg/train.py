@@ -102,7 +102,11 @@ class TrainConfig:
     pca: bool = False
     limit: int | None = None           # use only LIMIT training images, a stratified sample (quick runs)
     eval_batch_size: int = 256
-    seed: int = 0
+    seed: int = 0                      # initialisation, batch order, augmentation, dropout
+    # The seed of the --limit sample and the validation hold-out; None: ``seed``. Runs that
+    # differ only in ``seed`` and share a ``split_seed`` share their validation images
+    # (seed-to-seed studies compare them image by image).
+    split_seed: int | None = None
     device: str = "cpu"
     out: str = "runs/latest"
     progress: bool = True
@@ -185,6 +189,8 @@ def _check_options(cfg):
     if cfg.batch_norm and cfg.batch_size < 2:
         raise ValueError(f"--batch-size {cfg.batch_size} with --batch-norm: BatchNorm needs batches "
                          f"of at least 2 images; use --batch-size 2 or more, or --no-batch-norm")
+    if cfg.split_seed is not None and (not whole(cfg.split_seed) or cfg.split_seed < 0):
+        raise ValueError(f"--split-seed must be a whole number of at least 0, got {cfg.split_seed!r}")
     if cfg.limit is not None and (not whole(cfg.limit) or cfg.limit < 1):
         raise ValueError(f"--limit must be a positive number of images, got {cfg.limit!r}")
     vs = cfg.val_size
@@ -255,7 +261,8 @@ def prepare_data(cfg, classes=None):
         # By class name: a test folder without some class keeps the others' labels.
         test = align_classes(test, full.classes, where=f"{cfg.data_dir or name} (test split)")
     # The one split function: `evaluate --split val` rebuilds the same validation set.
-    train_ds, val_ds = train_val_split(full, cfg.val_size, cfg.seed, cfg.sampling != "shuffle",
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train_ds, val_ds = train_val_split(full, cfg.val_size, split_seed, cfg.sampling != "shuffle",
                                        cfg.limit, cfg.batch_norm)
     if test is None:
         test, test_split = val_ds, "validation (the dataset has no test split)"
