@@ -1,11 +1,12 @@
 """The report of experiments/paper_tables.py: the Markdown rendering of the study's
-results (Tables 3-6, the verdict on each claim with its likely reason, the exact
-commands, the 224-pixel demo).
+results (Tables 3-6, depth with its seed spread, the verdict on each claim with its
+evidence, the exact commands, the 224-pixel demo) and its two figures.
 
 Pure rendering: :func:`render` turns the report dict (as :mod:`paper_study` computes it
-and ``experiments/results/paper_tables.json`` stores it) into Markdown; it trains and
-evaluates nothing, so ``python experiments/paper_tables.py --no-study`` re-renders the
-committed file from the JSON in seconds.
+and ``experiments/results/paper_tables.json`` stores it) into Markdown, and
+:func:`draw_figures` draws the figures from the same dict; neither trains nor evaluates,
+so ``python experiments/paper_tables.py --no-study`` re-renders the committed files from
+the JSON in seconds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import re
 
 import numpy as np
 
-from paper_study import (CLAIM_KEYS, LONGER_RUNS, TABLE5_RUNS, Settings, paired,  # noqa: E402
-                         q_label, verdict)
+from paper_study import CLAIM_KEYS, DEPTH, DEPTH_CHAIN, TABLE5_RUNS, q_label  # noqa: E402
+
+FIGURES = {"depth": "paper_depth.png", "curves": "paper_curves.png"}
 
 
 def fmt(v, nd=1):
@@ -27,8 +29,8 @@ def minutes(s):
     return "n/a" if s is None else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s")
 
 
-OVERFIT_POINTS = 5.0  # |validation - last-epoch training error| below this: not over-fitted
 QUIET_LOAD = 0.5      # a 1-minute load average below this at the start: nothing else ran
+STILL_FALLING = 0.5   # points of validation error gained in the last epoch: not flat yet
 
 
 def load_note(start, end=None):
@@ -51,45 +53,73 @@ def _all_supported(verdict):
     return bool(words) and all(x == "supported" for x in words)
 
 
-def likely_reason(key, st, train_err):
-    """The most likely reason a claim did not reproduce in this run, with its numbers."""
-    def te(*names):
-        return ", ".join(f"{r} {train_err[r]:.0f} %" for r in names if r in train_err)
+def train_error(row):
+    """Last-epoch training error (%) of a run, None when unknown."""
+    tr = row.get("final_train_accuracy")
+    return None if tr is None else 100 * (1 - tr)
 
-    epochs = f"{st['epochs']} epochs on {st['n_train']} images at width {st['width']:g}"
+
+def plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def groups(runs):
+    """{first run of a model: [its runs over seeds]} in the study's order."""
+    out = {}
+    for r, row in runs.items():
+        out.setdefault(row.get("group", r), []).append(r)
+    return out
+
+
+def likely_reason(key, s):
+    """Why a claim may not have reproduced in this run, with the evidence the run holds."""
+    runs, st = s["runs"], s["settings"]
+
+    def te(*names):
+        return ", ".join(f"{r} {train_error(runs[r]):.0f} %" for r in names
+                         if r in runs and train_error(runs[r]) is not None)
+
     if key == "lrn":
-        return ("BatchNorm after every convolution already normalises what LRN would, and one "
-                "training seed per model cannot separate a small effect from seed noise.")
+        return ("BatchNorm after every convolution already normalises the activations that LRN "
+                "would, so LRN has little left to add either way.")
     if key in ("depth", "1x1"):
-        chain = ["A", "B", "D", "E"] if key == "depth" else ["B", "C", "D"]
-        known = [r for r in chain if r in train_err]
-        if len(known) >= 2 and train_err[known[-1]] > train_err[known[0]]:
-            return (f"an equal budget of {epochs} is far from convergence, and the deeper nets "
-                    f"converge more slowly: last-epoch training error {te(*chain)}. The "
-                    f"comparison is between under-trained networks, not of what each depth "
-                    f"can learn.")
+        chain = DEPTH_CHAIN if key == "depth" else ["B", "C", "D"]
+        known = [r for r in chain if r in runs and train_error(runs[r]) is not None]
+        if len(known) >= 2 and train_error(runs[known[-1]]) > train_error(runs[known[0]]):
+            return (f"an equal budget of {plural(st['epochs'], 'epoch')} is not convergence, and "
+                    f"the deeper nets fit their training batches less well at its end "
+                    f"(last-epoch training error {te(*chain)}): the comparison is between "
+                    f"networks at different stages of training, not of what each depth can learn.")
         return (f"the deeper nets fit their training batches as well or better (last-epoch "
-                f"training error {te(*chain)}) but do not generalise better from "
-                f"{st['n_train']} images in {st['epochs']} epochs; one seed per model adds "
-                f"noise the error bars do not show.")
+                f"training error {te(*chain)}) but do not generalise better after "
+                f"{plural(st['epochs'], 'epoch')}.")
+    if key == "5x5":
+        return (f"B-5x5 has more weights per layer and fewer non-linearities; after "
+                f"{plural(st['epochs'], 'epoch')} (last-epoch training error {te('B', 'B-5x5')}) "
+                f"the difference the paper measured after full training on ImageNet may not "
+                f"have opened up yet at 32 pixels, where a 5x5 filter covers much of a small map.")
     if key == "jitter":
-        return (f"at 32 pixels the jitter range [32, 48] gives little scale variation to learn "
-                f"from, the fixed-S baseline already has pad-4 random crops, and in {epochs} "
-                f"the stronger augmentation costs fit (last-epoch training error "
-                f"{te('D', 'D-S40', 'D-S32-48')}).")
+        return (f"at 32 pixels the range [32, 48] is a small change of scale next to the "
+                f"pad-4 random crops the fixed-S model already sees, and in "
+                f"{plural(st['epochs'], 'epoch')} the stronger augmentation costs fit "
+                f"(last-epoch training error {te('D', 'D-S32-48')}).")
     if key == "multi-scale":
-        return ("rescaling a 32-pixel image to Q = S - 5 throws detail away and to S + 5 "
-                "invents it by interpolation, and a model trained at one fixed S never saw other "
-                "scales.")
+        return ("rescaling a 32-pixel image to Q = 27 throws detail away and to Q = 37 invents "
+                "it by interpolation, and a model trained at one fixed S never saw other scales.")
     if key == "dense+crop":
-        return ("at 32 pixels the dense score map is 1 x 1, so dense evaluation is one window "
-                "plus its flip and overlaps the multi-crop windows heavily: the two see "
-                "nearly the same pixels and make correlated errors.")
+        maps = s.get("dense_score_maps") or {}
+        sizes = ", ".join(f"Q = {q}: {m[0]} x {m[1]}" for q, m in maps.items())
+        return (f"at 32 pixels the dense class score map is tiny ({sizes}): dense evaluation is "
+                f"one window (plus its flip) per scale, while at 224 pixels the paper's map is "
+                f"7 x 7 or larger. The two methods then see nearly the same pixels and make "
+                f"correlated errors, so their average has little to add. Testing the claim "
+                f"needs larger images (CIFAR rescaled to 64 pixels: four times the compute "
+                f"per image; not affordable within this study's budget).")
     if key == "fusion":
         return ("the members share data, recipe and augmentation, so their errors are "
-                "strongly correlated, and averaging in weaker members (Table 6 names each "
-                "fusion's best member) can pull the best one down.")
-    return "see the general reasons below."
+                "correlated, and averaging in weaker members (Table 6 names each fusion's best "
+                "member) can pull the best one down.")
+    return ""
 
 
 def render(report):
@@ -97,23 +127,17 @@ def render(report):
     w = L.append
     w("# The VGG paper's tables, reproduced small (tinyvgg)")
     w("")
-    w("Everything below was measured by `experiments/paper_tables.py` (called "
-      "`benchmarks/paper_tables.py` before issue #14, as the recorded commands say; each section "
-      "names the command and machine); nothing is copied from the paper except the claims being tested. "
-      "`python experiments/paper_tables.py --no-study` re-renders this file from "
-      "`paper_tables.json`.")
+    w("Everything below was measured by `experiments/paper_tables.py` (each section names the "
+      "command and machine); nothing is copied from the paper except the claims being tested. "
+      "`python experiments/paper_tables.py --no-study` re-renders this file and its figures "
+      "from `paper_tables.json`.")
     w("")
     study = report.get("study")
     if study:
-        render_study(study, w, report.get("longer"))
-    if report.get("longer"):
-        render_longer(report["longer"], study, w)
+        render_study(study, w)
     else:
         w("*The CIFAR-10 study (Tables 3-6) has not been measured for this file yet: "
-          "`python experiments/paper_tables.py` runs it (sized for about 90 minutes on a free "
-          "2-core CPU, an estimate from measured per-image costs, not a measured end-to-end "
-          "time); "
-          "`--budget-minutes M` runs a smaller version.*")
+          "`python experiments/paper_tables.py` runs it (about 2 hours on a 2-core CPU).*")
         w("")
     demo = report.get("imagenet_demo")
     if demo:
@@ -121,165 +145,171 @@ def render(report):
     return "\n".join(L) + "\n"
 
 
-def render_study(s, w, longer=None):
+def sharing(s):
+    """How the runs shared the machine, in words."""
+    jobs = s.get("jobs", 1)
+    if jobs > 1:
+        return f"{jobs} runs at a time, each in its own process on one thread"
+    return f"one run at a time on the {s.get('device', 'cpu').upper()}, all its cores"
+
+
+def findings_table(s):
+    """The claims at a glance: a Markdown table, one row per claim (quoted verbatim by the
+    README; tests/test_paper_tables.py checks the quote)."""
+    rows = ["| # | the paper's claim | here | numbers (top-1 validation error) |",
+            "|---|---|---|---|"]
+    for i, c in enumerate(s["claims"], 1):
+        rows.append(f"| {i} | {c['claim']} | {c.get('short', c['verdict'])} | {c.get('headline', '')} |")
+    return "\n".join(rows)
+
+
+def finding_line(c):
+    """One claim in one line, as the lessons quote it."""
+    return f"{c['claim']}: {c.get('short', c['verdict'])} ({c.get('headline', '')})"
+
+
+def render_study(s, w):
     st = s["settings"]
     runs = s["runs"]
+    gr = groups(runs)
+    n, nmc = s["n_val"], s.get("n_multi_crop", s["n_val"])
     w("## Setting")
     w("")
     w(f"- **Measured with:** `{s['command']}` on {s['machine']} ({s['date']}; "
       f"{load_note(s.get('load_average'), s.get('load_average_end'))}); "
       + ("a QUICK pipeline check (tiny data, 1 epoch): NOT a result." if s.get("quick")
-         else "a real run of the full recipe (the default, sized for at most 90 minutes on "
-         "2 cores)." if s.get("budget_minutes", 90) >= 90
-         else f"a real run of the {s['budget_minutes']:g}-minute recipe."))
-    w(f"- **Data:** {s['data_description']}. {st['n_train']} training images and a fixed "
-      f"validation split of {s['n_val']} images held out of the training images (seeded "
-      f"permutation, seed {st['seed']}; the same split for every model). All errors below are "
-      f"on this validation split (the paper reports ILSVRC validation errors too).")
+         else "a real run of the full study."))
+    if s.get("run_note"):
+        w(f"- **How it ran:** {s['run_note']}")
+    ntr = "all" if st["n_train"] is None else st["n_train"]
+    w(f"- **Data:** {s['data_description']}: {ntr} training images except a fixed validation "
+      f"split of {n} images (stratified, split seed {st['split_seed']}; the same images for "
+      f"every model and seed). All errors below are on this validation split.")
+    hidden = st["hidden"] if st["hidden"] is not None else int(4096 * st["width"])
     w(f"- **Models:** the configurations of Table 1 at width {st['width']:g} (channels "
       f"{max(1, round(64 * st['width']))}-{max(1, round(128 * st['width']))}-"
       f"{max(1, round(256 * st['width']))}-{max(1, round(512 * st['width']))}-"
-      f"{max(1, round(512 * st['width']))}), fully connected layers of {st['hidden']} units, "
-      f"dropout {st['dropout']:g}, "
-      f"{'BatchNorm after every convolution' if st['batch_norm'] else 'no BatchNorm'}"
-      f", {st['init']} initialisation. Deviation from the paper: BatchNorm lets every depth train "
-      f"from scratch in a short budget (the paper initialised its deeper nets from net A instead).")
-    w(f"- **Equal budget:** every model {st['epochs']} epochs of SGD (batch {st['batch_size']}, "
-      f"momentum {st['momentum']:g}, weight decay {st['weight_decay']:g}), learning rate "
-      f"{st['lr']:g} with a {st['warmup_epochs']:g}-epoch warm-up and a cosine decay (the "
-      f"paper divides by 10 on plateaus, which a short run never reaches); random horizontal "
-      f"flips. Otherwise the paper's recipe (`--recipe paper`: no label smoothing, plain momentum, "
-      f"weight decay on every parameter, no flip test-time augmentation), not `train`'s default.")
+      f"{max(1, round(512 * st['width']))}), fully connected layers of {hidden} units, "
+      f"{'BatchNorm after every convolution' if st['batch_norm'] else 'no BatchNorm'}, plus "
+      f"B-5x5 (section 4.1: configuration B with each pair of 3x3 convolutions replaced by one "
+      f"5x5). Deviation from the paper: BatchNorm lets every depth train from scratch (the "
+      f"paper initialised its deeper nets from net A instead).")
+    w(f"- **Equal budget, `train`'s default recipe:** every model {plural(st['epochs'], 'epoch')}, batch "
+      f"{st['batch_size']}, one cycle to learning rate 0.1 (warm-up over 15 % of the steps, "
+      f"cosine to zero), SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights only, no "
+      f"dropout, random pad-4 crops and flips (`python -m tinyvgg train`'s defaults; the "
+      f"paper's recipe is `--recipe paper`). A, B, D and E are trained with seeds 1 and 2, the "
+      f"others with seed 1.")
     w("- **Training scale S at 32 pixels** (the paper: S = 256, 384, [256, 512] with 224 "
-      "crops): *S = 32*: CIFAR's pad-4-and-crop at the native scale; *S = 40*: every image "
-      "rescaled to 40 x 40, random 32 x 32 crops; *S in [32, 48]*: S drawn per image (scale "
-      "jittering), random 32 x 32 crops.")
+      "crops): *S = 32*: CIFAR's pad-4-and-crop at the native scale; *S in [32, 48]*: every "
+      "image rescaled to a random S (scale jittering), random 32 x 32 crops.")
     w("- **Test scales Q** (`tinyvgg.evaluate_protocols.test_scales`): single scale Q = S (Q = "
       "40 for [32, 48]); multi-scale {S - 5, S, S + 5} for fixed S (the paper's offset 32 at "
-      "crop 224, scaled to crop 32: round(32 * 32 / 224) = 5) and {32, 40, 48} for [32, 48]. "
-      "A test image smaller than 32 is padded with the mean colour as in training. Dense and "
-      "multi-crop use the multi-scale set (as the paper's Table 5).")
-    w("- **Top-5 error** is reported for the layout but means little with 10 classes (a random "
-      "guess has 50 % top-5 error); read the top-1 column.")
-    n = s["n_val"]
+      "crop 224, scaled to crop 32) and {32, 40, 48} for [32, 48]. Dense and multi-crop use "
+      f"the multi-scale set (as the paper's Table 5); multi-crop runs on {nmc} of the {n} "
+      f"validation images (a stratified sample; 50 windows per scale cost the most).")
     e = float(np.mean([row["protocols"]["single"]["top1_error"] for row in runs.values()])) / 100
     w(f"- **Noise:** with {n} validation images the standard error of one error rate near "
-      f"{100 * e:.0f} % (the mean here) is about {100 * math.sqrt(e * (1 - e) / n):.1f} points; "
-      f"differences between two models "
-      f"are judged with the paired standard error (same images) shown as ± below, and a claim "
-      f"counts as supported or contradicted only beyond 2 standard errors. One training seed "
-      f"per model: seed-to-seed variation of a short run is not in these error bars.")
+      f"{100 * e:.0f} % is about {100 * math.sqrt(e * (1 - e) / n):.1f} points. Differences are "
+      f"seed-averaged (each model's per-image correctness averaged over its seeds) and judged "
+      f"with the paired standard error over the same images (± below); a claim counts as "
+      f"supported or contradicted only beyond 2 standard errors. The seed spread is shown "
+      f"beside each seed-averaged error.")
     t = s["time"]
-    w(f"- **Time:** training {minutes(t['training_s'])}, evaluation {minutes(t['evaluation_s'])}, "
-      f"whole study {minutes(t['total_s'])}.")
-    full = Settings()
-    if not s.get("quick") and st["n_train"] < full.n_train:
-        kt, ke = full.n_train / st["n_train"], full.n_val / st["n_val"]
-        w(f"- **The full recipe** (the default, `--budget-minutes 90`) trains on {full.n_train} "
-          f"images ({kt:.1f}x) and evaluates on {full.n_val} ({ke:.0f}x): extrapolated from "
-          f"these timings, about {minutes(kt * t['training_s'])} of training and "
-          f"{minutes(ke * t['evaluation_s'])} of evaluation on this machine (an estimate, not "
-          f"a measurement).")
+    w(f"- **Time:** {minutes(t.get('span_s'))} from the first run's start to the end of the "
+      f"last run's evaluation ({sharing(s)}; {minutes(t['train_sum_s'])} of training summed "
+      f"over the runs).")
     w("")
+    w("## The claims at a glance")
+    w("")
+    w(findings_table(s))
+    w("")
+    if not_converged(s):
+        w("**Read with care:** every network here was still learning when its budget ran out "
+          "([Trained enough to compare?](#trained-enough-to-compare) below), so these verdicts "
+          "compare equal short budgets, not converged networks.")
+        w("")
+    w("Details, numbers and the evidence for each verdict: "
+      "[Do the paper's findings hold here?](#do-the-papers-findings-hold-here) below.")
+    w("")
+    render_depth(s, w, gr)
     w("## Table 3: performance at a single test scale")
     w("")
-    w("| ConvNet config. | train (S) | test (Q) | top-1 val. error (%) | top-5 val. error (%) | "
+    w("| ConvNet config. | seed | train (S) | test (Q) | top-1 val. error (%) | top-5 val. error (%) | "
       "last-epoch train error (%) | parameters | training time |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|")
     for r, row in runs.items():
         p = row["protocols"]["single"]
         tt = minutes(row["train_time_s"]) + (" (reused)" if row.get("reused") else "")
-        tr = row.get("final_train_accuracy")
-        w(f"| {r} | {row['train_scale_label']} | {q_label(p['scales'])} | {fmt(p['top1_error'])} | "
-          f"{fmt(p['top5_error'])} | {fmt(None if tr is None else 100 * (1 - tr))} | "
+        w(f"| {r} | {row.get('seed', '')} | {row['train_scale_label']} | {q_label(p['scales'])} | "
+          f"{fmt(p['top1_error'])} | {fmt(p['top5_error'])} | {fmt(train_error(row))} | "
           f"{row['params']:,} | {tt} |")
     w("")
-    w("Last-epoch train error: on the augmented training batches with dropout on, averaged "
-      "over the last epoch (a train error close to the validation error means the model is "
-      "under-fitted, not over-fitted). Training time: the training epochs only (without the "
-      "per-epoch validation pass), as `metrics.json` records it.")
+    w("Last-epoch train error: on the augmented training batches, averaged over the last "
+      "epoch. Training time: the training epochs only (without the per-epoch validation pass), "
+      f"as `metrics.json` records it ({sharing(s)}). Top-5 error means "
+      "little with 10 classes; read the top-1 column.")
     w("")
     w("## Table 4: performance at multiple test scales")
     w("")
-    w("| ConvNet config. | train (S) | test (Q) | top-1 val. error (%) | top-5 val. error (%) |")
-    w("|---|---|---|---|---|")
+    w("| ConvNet config. | seed | train (S) | test (Q) | top-1 val. error (%) | top-5 val. error (%) |")
+    w("|---|---|---|---|---|---|")
     for r, row in runs.items():
         p = row["protocols"]["multi-scale"]
-        w(f"| {r} | {row['train_scale_label']} | {q_label(p['scales'])} | {fmt(p['top1_error'])} | "
-          f"{fmt(p['top5_error'])} |")
+        w(f"| {r} | {row.get('seed', '')} | {row['train_scale_label']} | {q_label(p['scales'])} | "
+          f"{fmt(p['top1_error'])} | {fmt(p['top5_error'])} |")
     w("")
-    w("Each Q: the central 32 x 32 crop; posteriors averaged over the three scales.")
+    w("Each Q: the central 32 x 32 crop and its mirror image; posteriors averaged over the "
+      "three scales.")
     w("")
     w("## Table 5: dense versus multi-crop evaluation")
     w("")
-    w("| ConvNet config. | train (S) | evaluation method | test (Q) | top-1 val. error (%) | "
+    w(f"On the {nmc} validation images multi-crop evaluates (dense is also given on all {n}); "
+      f"one seed of D (multi-crop is the costliest protocol), so claim 7 is judged on single "
+      f"runs, not seed averages.")
+    w("")
+    w("| ConvNet config. | train (S) | evaluation method | test (Q) | images | top-1 val. error (%) | "
       "top-5 val. error (%) | evaluation time |")
-    w("|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|")
     for r in TABLE5_RUNS:
         row = runs[r]
-        for p, label in (("dense", "dense"), ("multi-crop", "multi-crop (5x5 grid x 2 flips per Q)"),
+        for p, label in (("dense", "dense"), ("dense@mc", "dense"),
+                         ("multi-crop", "multi-crop (5x5 grid x 2 flips per Q)"),
                          ("dense+multi-crop", "multi-crop & dense")):
             x = row["protocols"][p]
-            w(f"| {r} | {row['train_scale_label']} | {label} | {q_label(x['scales'])} | "
-              f"{fmt(x['top1_error'])} | {fmt(x['top5_error'])} | {minutes(x['time_s'])} |")
+            w(f"| {r} | {row['train_scale_label']} | {label} | {q_label(x['scales'])} | {x['n']} | "
+              f"{fmt(x['top1_error'])} | {fmt(x['top5_error'])} | {minutes(x.get('time_s'))} |")
     w("")
-    w("Dense: the fully convolutional network on the whole image and its mirror image, the "
-      "class score map averaged, then soft-maxed. At 32 pixels every test image under 64 "
-      "pixels gives a 1 x 1 score map (five 2 x 2 pools floor odd sides), so dense evaluation "
-      "here is one window anchored at the top-left plus its flip, unlike at 224.")
-    w("")
+    maps = s.get("dense_score_maps") or {}
+    if maps:
+        w("Dense: the fully convolutional network on the whole rescaled image and its mirror "
+          "image, the class score map averaged, then soft-maxed. The score map of a 32 x 32 "
+          "image at each Q (measured): " + ", ".join(f"Q = {q}: {m[0]} x {m[1]}"
+                                                     for q, m in maps.items())
+          + ". Five 2 x 2 pools floor odd sides, so below 64 pixels the map is one window.")
+        w("")
     w("## Table 6: fusion (posteriors averaged over models)")
     w("")
-    w("| combined ConvNet models | evaluation | top-1 val. error (%) | top-5 val. error (%) | "
-      "best member (top-1 %) |")
-    w("|---|---|---|---|---|")
+    w("| combined ConvNet models | evaluation | images | top-1 val. error (%) | top-5 val. error (%) | "
+      "best member (top-1 %) | best member - fusion (points) |")
+    w("|---|---|---|---|---|---|---|")
     for f in s["fusion"]:
-        w(f"| {f['name']} | {f['protocol']} | {fmt(f['top1_error'])} | {fmt(f['top5_error'])} | "
-          f"{f['best_member']} ({fmt(f['best_member_top1_error'])}) |")
+        w(f"| {f['name']} | {f['protocol']} | {f.get('n', n)} | {fmt(f['top1_error'])} | "
+          f"{fmt(f['top5_error'])} | {f['best_member']} ({fmt(f['best_member_top1_error'])}) | "
+          f"{f['gain_over_best']:+.1f} ± {f['gain_se']:.1f} |")
     w("")
     w("## Do the paper's findings hold here?")
     w("")
     w("Differences in top-1 error points, worse minus better as the paper predicts them (a "
-      "positive number agrees with the paper), ± one paired standard error.")
+      "positive number agrees with the paper), seed-averaged, ± one paired standard error.")
     w("")
-    train_err = {r: 100 * (1 - row["final_train_accuracy"]) for r, row in runs.items()
-                 if row.get("final_train_accuracy") is not None}
     for i, c in enumerate(s["claims"], 1):
         w(f"{i}. **{c['claim']}**: {c['verdict']}. {c['numbers']}.")
         key = c.get("key") or (CLAIM_KEYS[i - 1] if i <= len(CLAIM_KEYS) else None)
         if not _all_supported(c["verdict"]) and key:
-            reason = likely_reason(key, st, train_err)
-            if key == "depth" and longer and "study_e_minus_a" in longer:
-                reason += (f" Tested below with {longer['epochs']} epochs instead of "
-                           f"{longer['study_epochs']}: E - A went from "
-                           f"{longer['study_e_minus_a']:+.1f} to {longer['e_minus_a']:+.1f} "
-                           f"points ({depth_trend(longer['study_e_minus_a'], longer['study_e_minus_a_se'], longer['e_minus_a'], longer['e_minus_a_se'])}).")
-            w(f"   *Likely reason:* {reason}")
+            w(f"   *Why it may not show here:* {likely_reason(key, s)}")
     w("")
-    gaps = [(r, runs[r]["protocols"]["single"]["top1_error"], tr) for r, tr in train_err.items()]
-    if gaps:
-        lo, hi = min(gaps, key=lambda g: g[2]), max(gaps, key=lambda g: g[2])
-        spread = (f"training error from {lo[2]:.0f} % for {lo[0]} to {hi[2]:.0f} % for "
-                  f"{hi[0]}")
-        gap = max(abs(v - tr) for _, v, tr in gaps)
-        if gap <= OVERFIT_POINTS:
-            w(f"In this run every model's last-epoch training error is within {gap:.1f} points "
-              f"of its validation error, so none over-fits: all are under-trained, some more "
-              f"than others ({spread}).")
-        else:
-            g = sorted(gaps, key=lambda g: g[1] - g[2])
-            w(f"Validation minus last-epoch training error ranges from {g[0][1] - g[0][2]:+.1f} "
-              f"points ({g[0][0]}) to {g[-1][1] - g[-1][2]:+.1f} points ({g[-1][0]}); the "
-              f"training error is measured on augmented batches with dropout on, so it "
-              f"overstates the clean training error ({spread}).")
-        w("")
-    w("Why a claim may not reproduce here, in general: the budget is a few epochs at width "
-      f"{st['width']:g} on {st['n_train']} images, so deeper nets (which train more slowly per "
-      "epoch) are far from converged and the comparison is between under-trained networks; "
-      "32-pixel images leave little room for scale effects (S = 40 is only 1.25x the crop) and "
-      "for dense evaluation (1 x 1 score maps); and one seed per model. The paper trained "
-      "74 epochs on 1.3M images at full width.")
-    w("")
+    render_fit(s, w)
     w("## Exact commands")
     w("")
     w("The study:")
@@ -288,8 +318,8 @@ def render_study(s, w, longer=None):
     w(s["command"])
     w("```")
     w("")
-    w("Each training run, as `python -m tinyvgg train` (what the script runs in-process through "
-      "`tinyvgg.train.train(TrainConfig(...))`):")
+    w("Each training run, as `python -m tinyvgg train` (what the study runs in a worker "
+      "process through `tinyvgg.train.train(TrainConfig(...))`):")
     w("")
     w("```")
     for r, cmd in s["train_commands"].items():
@@ -297,7 +327,8 @@ def render_study(s, w, longer=None):
     w("```")
     w("")
     w("Evaluating a run with any protocol (`--split val` rebuilds the same held-out split "
-      "from the checkpoint's training settings), for example:")
+      "from the checkpoint's training settings), for example (multi-crop here runs on all "
+      f"{s['n_val']} validation images, Table 5 on {s.get('n_multi_crop', s['n_val'])} of them):")
     w("")
     w("```")
     for cmd in s["eval_commands"]:
@@ -306,67 +337,146 @@ def render_study(s, w, longer=None):
     w("")
 
 
-def depth_trend(d0, se0, d, se):
-    """How E - A (top-1 error points) moved from the study (d0) to longer training (d),
-    judged against 2 standard errors of the larger of the two."""
-    tol = 2 * max(se, se0)
-    if d - d0 < -tol:
-        text = "E gains on A, towards the paper's finding"
-    elif d - d0 > tol:
-        text = "E falls further behind A, away from the paper's finding"
-    else:
-        return "the gap barely changes"
-    if d < -2 * se and d0 > 0:
-        text += ", and E is now better beyond 2 standard errors"
-    return text
-
-
-def render_longer(lg, study, w):
-    w(f"## Is the depth result under-training? A and E trained {lg['epochs']} epochs")
-    w("")
-    w(f"Measured with `{lg['command']}` on {lg['machine']} ({lg['date']}; "
-      f"{load_note(lg.get('load_average'), lg.get('load_average_end'))}); "
-      f"{minutes(lg['time_s'])} in all. The recipe, data, validation split and seed of the "
-      f"study above, only the number of epochs changed (the cosine schedule stretches with "
-      f"it).")
-    w("")
-    w("| ConvNet config. | epochs | top-1 val. error (%) | last-epoch train error (%) | "
-      "training time |")
-    w("|---|---|---|---|---|")
+def depth_rows(s):
+    """[(config, layers, [runs], mean error, [seed errors], mean last-epoch train error)]
+    for the configurations that have a depth, from Table 3's single-scale numbers."""
+    runs = s["runs"]
     rows = []
-    if study:
-        for r in LONGER_RUNS:
-            row = study["runs"].get(r)
-            if row:
-                rows.append((r, study["settings"]["epochs"],
-                             row["protocols"]["single"]["top1_error"],
-                             row.get("final_train_accuracy"), row["train_time_s"]))
-    for r in LONGER_RUNS:
-        row = lg["runs"][r]
-        rows.append((r, row["epochs"], row["top1_error"], row.get("final_train_accuracy"),
-                     row["train_time_s"]))
-    for r, e, err, tr, t in rows:
-        w(f"| {r} | {e} | {fmt(err)} | {fmt(None if tr is None else 100 * (1 - tr))} | "
-          f"{minutes(t)} |")
+    for first, members in groups(runs).items():
+        cfg = runs[first]["config"]
+        if cfg not in DEPTH or runs[first]["train_scale"] is not None:
+            continue
+        errs = [runs[r]["protocols"]["single"]["top1_error"] for r in members]
+        tes = [train_error(runs[r]) for r in members if train_error(runs[r]) is not None]
+        rows.append((cfg, DEPTH[cfg], members, float(np.mean(errs)), errs,
+                     float(np.mean(tes)) if tes else None))
+    return rows
+
+
+def render_depth(s, w, gr):
+    w("## Depth: error against the number of weight layers")
     w("")
-    d, se = lg["e_minus_a"], lg["e_minus_a_se"]
-    if "study_e_minus_a" in lg:
-        d0, se0 = lg["study_e_minus_a"], lg["study_e_minus_a_se"]
-        w(f"E minus A, top-1 error: {d0:+.1f} ± {se0:.1f} points after {lg['study_epochs']} "
-          f"epochs, {d:+.1f} ± {se:.1f} after {lg['epochs']} (a negative number means the "
-          f"deeper E is better, as the paper finds). With "
-          f"{lg['epochs'] / max(1, lg['study_epochs']):g}x the training, "
-          f"{depth_trend(d0, se0, d, se)}.")
-    else:
-        w(f"E minus A, top-1 error after {lg['epochs']} epochs: {d:+.1f} ± {se:.1f} points "
-          f"(a negative number means the deeper E is better, as the paper finds).")
+    w(f"![validation error against depth]({FIGURES['depth']}) ![training curves]({FIGURES['curves']})")
     w("")
-    w("```")
-    for cmd in lg["train_commands"].values():
-        w(cmd)
-    w("```")
+    w("| ConvNet config. | weight layers | seeds | top-1 val. error (%), seed mean | per seed | "
+      "last-epoch train error (%) |")
+    w("|---|---|---|---|---|---|")
+    for cfg, depth, members, mean, errs, te in depth_rows(s):
+        w(f"| {cfg} | {depth} | {len(members)} | {mean:.1f} | "
+          f"{', '.join(f'{e:.1f}' for e in errs)} | {fmt(te)} |")
+    w("")
+    w("Single-scale test (Q = 32). A-LRN adds LRN to A; C adds three 1x1 layers to B where D "
+      "adds three 3x3; B-5x5 is B with each pair of 3x3 layers replaced by one 5x5.")
     w("")
 
+
+def fit_rows(s):
+    """[(run, last-epoch change of validation error (points, None after one epoch),
+    last-epoch training error, single-scale validation error)]."""
+    rows = []
+    for r, row in s["runs"].items():
+        h = [x for x in row.get("history") or [] if x.get("val_acc") is not None]
+        if h:
+            change = 100 * (h[-2]["val_acc"] - h[-1]["val_acc"]) if len(h) >= 2 else None
+            rows.append((r, change, train_error(row), row["protocols"]["single"]["top1_error"]))
+    return rows
+
+
+def not_converged(s):
+    """(runs whose validation error still fell > STILL_FALLING points in the last epoch,
+    runs whose training error is at or above their validation error); both empty when
+    every curve has flattened."""
+    rows = fit_rows(s)
+    falling = [r for r, d, _, _ in rows if d is not None and d < -STILL_FALLING]
+    under = [r for r, _, te, ve in rows if te is not None and te >= ve]
+    return (falling, under) if (falling or under) else None
+
+
+def render_fit(s, w):
+    """Is every model trained enough to compare? The last epochs of each validation curve."""
+    rows = fit_rows(s)
+    if not rows:
+        return
+    w("### Trained enough to compare?")
+    w("")
+    w("Validation error of the last epoch minus the one before (points; negative: still "
+      "falling), and last-epoch training error next to the validation error:")
+    w("")
+    w("| run | last-epoch change of val. error | last-epoch train error (%) | val. error (%) |")
+    w("|---|---|---|---|")
+    for r, d, te, ve in rows:
+        w(f"| {r} | {'n/a' if d is None else f'{d:+.1f}'} | {fmt(te)} | {fmt(ve)} |")
+    w("")
+    falling, under = not_converged(s) or ([], [])
+    if falling or under:
+        w(f"**Not converged.** The validation error of {len(falling)} of {len(rows)} runs still "
+          f"fell by more than {STILL_FALLING:g} points in the last epoch, and {len(under)} of "
+          f"{len(rows)} runs have a training error (on augmented batches) at or above their "
+          f"validation error: they could still learn, so the verdicts above compare networks "
+          f"at the end of an equal budget of {plural(s['settings']['epochs'], 'epoch')}, not "
+          f"at convergence. A longer budget (`--epochs`) is what the depth and 1x1 claims need "
+          f"next.")
+    else:
+        w(f"Every run's validation error changed by less than {STILL_FALLING:g} points in the "
+          f"last epoch and every training error is below its validation error: the curves have "
+          f"flattened.")
+    w("")
+
+
+def draw_figures(study, folder):
+    """The two figures of the report in ``folder``: validation error against depth (each
+    seed a dot, the seed mean a line) and every run's training curves. Returns the paths."""
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    paths = []
+    rows = depth_rows(study)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    chain = [r for r in rows if r[0] in DEPTH_CHAIN]
+    ax.plot([r[1] for r in chain], [r[3] for r in chain], "-o", color="C0",
+            label="A, B, D, E (seed mean)")
+    for cfg, depth, members, mean, errs, _ in rows:
+        colour = "C0" if cfg in DEPTH_CHAIN else "C3"
+        ax.scatter([depth] * len(errs), errs, s=14, color=colour, alpha=0.6)
+        ax.annotate(cfg, (depth, mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.scatter([], [], s=14, color="C3", label="A-LRN, B-5x5, C (one seed)")
+    ax.set_xlabel("weight layers")
+    ax.set_ylabel("top-1 validation error (%), Q = 32")
+    ax.set_title(f"CIFAR-10, width {study['settings']['width']:g}, "
+                 f"{study['settings']['epochs']} epochs")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(folder / FIGURES["depth"])
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for i, (r, row) in enumerate(study["runs"].items()):
+        h = row.get("history") or []
+        ep_ = [x["epoch"] for x in h]
+        colour = f"C{i % 10}"
+        axes[0].plot(ep_, [100 * (1 - x["val_acc"]) if x.get("val_acc") is not None else np.nan
+                           for x in h], marker="o", ms=3, color=colour, label=r,
+                     ls="-" if i < 10 else "--")
+        axes[1].plot(ep_, [100 * (1 - x["train_acc"]) if x.get("train_acc") is not None else np.nan
+                           for x in h], marker="o", ms=3, color=colour, ls="-" if i < 10 else "--")
+    axes[0].set_title("validation error (flip TTA)")
+    axes[1].set_title("training error (augmented batches)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 error (%)")
+    axes[0].legend(fontsize=7, ncol=2)
+    paths.append(folder / FIGURES["curves"])
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
 
 def render_demo(d, w):
     w("## The 224-pixel path on real photographs (ImageNet sample)")

@@ -1,34 +1,41 @@
 """Which of the VGG paper's findings hold on data a laptop can train on?
 
-Trains the six configurations of Table 1 (A, A-LRN, B, C, D, E) at one reduced width
-and one equal budget on CIFAR-10, plus two training-scale variants of D, evaluates them
-with the paper's test protocols (:mod:`tinyvgg.evaluate_protocols`) on a fixed
-validation split held out of the training images, and writes the paper's Tables 3-6,
-a verdict on each claim and the exact commands to ``experiments/results/paper_tables.md``
-(numbers also in ``paper_tables.json``).
+Trains the configurations of Table 1 (A, A-LRN, B, C, D, E) and the paper's shallow
+B-5x5 (section 4.1) at width 1/4 with ``train``'s default recipe, for one equal budget,
+on every CIFAR-10 training image except a fixed validation split; A, B, D and E with two
+seeds; plus D trained with scale jittering. Evaluates every run with the paper's test
+protocols (:mod:`tinyvgg.evaluate_protocols`) and writes the paper's Tables 3-6, depth
+against error with the seed spread, a verdict on each claim (seed-averaged differences,
+2 paired standard errors) and the exact commands to
+``experiments/results/paper_tables.md`` (numbers in ``paper_tables.json``, figures
+``paper_depth.png`` and ``paper_curves.png``).
 
 Usage (from the repository root)::
 
-    python experiments/paper_tables.py                       # the full study (<= 90 min, 2-core CPU)
-    python experiments/paper_tables.py --budget-minutes 20   # fewer training images, same recipe
+    python experiments/paper_tables.py                       # the study (about 2 h, 2-core CPU)
     python experiments/paper_tables.py --quick --out /tmp/q  # the whole pipeline in < 2 min
+    python experiments/paper_tables.py --no-study            # re-render from the JSON
     python experiments/paper_tables.py --imagenet-demo --no-study   # only the 224-pixel section
 
-The study (training and evaluation, resumable with ``--reuse``) is :mod:`paper_study`;
-the Markdown rendering is :mod:`paper_report`; this file is the command that runs the
-sections asked for and writes the results.
+Resumable (``--reuse``, the default): a run whose folder holds a finished training with
+the same settings is not trained again, an interrupted run continues from its last checkpoint,
+and a run's evaluation is cached beside its checkpoint, so an interrupted study
+continues where it stopped. Progress and the estimated time left are printed as each run
+finishes. Two runs train at a time by default (``--jobs``), one thread each.
+
+The study (training and evaluation) is :mod:`paper_study`; the Markdown and figures are
+:mod:`paper_report`; this file is the command that runs the sections asked for and
+writes the results.
 
 Data: the class-folder copy at ``../shared/data/cifar10`` (beside the repository), or
 ``--data-dir`` (a class-folder root or the official ``cifar-10-batches-py`` release).
-Runs go to ``--out`` (default ``runs/paper_tables/``, one folder per model as
-``python -m tinyvgg train`` writes them); with ``--reuse`` a run whose folder holds a
-finished training with the same settings is not trained again.
+Runs go to ``--out`` (default ``runs/paper_study/``, one folder per run as
+``python -m tinyvgg train`` writes them).
 
 Scale variants adapted to 32 x 32 images (the paper's S = 256, 384 and [256, 512] with
 224 crops): "S = 32" is CIFAR's usual pad-4-and-crop at the native scale (no
-rescaling), "S = 40" rescales every image to 40 x 40 and takes random 32 x 32 crops,
-"S in [32, 48]" draws S per image (scale jittering) and crops 32 x 32. The test scales
-follow :func:`tinyvgg.evaluate_protocols.test_scales`.
+rescaling), "S in [32, 48]" draws S per image (scale jittering) and crops 32 x 32. The
+test scales follow :func:`tinyvgg.evaluate_protocols.test_scales`.
 """
 
 from __future__ import annotations
@@ -48,9 +55,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # paper_study and paper_report beside this file
 
-from paper_report import render  # noqa: E402
+from paper_report import draw_figures, render  # noqa: E402
 from paper_study import (DEFAULT_DATA, DEFAULT_IMAGENET, REPO, Settings,  # noqa: E402
-                         imagenet_demo, longer_training, run_study)
+                         imagenet_demo, run_study)
 from tinyvgg.fileio import atomic_write_text  # noqa: E402
 
 
@@ -72,16 +79,22 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help=f"CIFAR-10 (class folders or the official "
                    f"release); default {DEFAULT_DATA}")
-    p.add_argument("--out", default=None, help="run folders (default runs/paper_tables, "
-                   "runs/paper_tables_quick with --quick)")
+    p.add_argument("--out", default=None, help="run folders (default runs/paper_study, "
+                   "runs/paper_study_quick with --quick)")
     p.add_argument("--results", default=None, help="where paper_tables.md/.json go (default "
                    "experiments/results; OUT with --quick)")
-    p.add_argument("--budget-minutes", type=float, default=90.0,
-                   help="scale the training set to this budget on a 2-core CPU (default 90)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs of every run (default {Settings.epochs}: about 2 hours on 2 cores)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs trained at a time, one worker process each on one thread "
+                        "(default: 2, or 1 on a 1-core machine; 1 trains in this process on "
+                        "every core)")
     p.add_argument("--quick", action="store_true", help="the whole pipeline on a tiny dataset, "
                    "width 1/16, 1 epoch (< 2 min): a test, not a result")
-    p.add_argument("--reuse", action="store_true", help="do not retrain runs that finished with "
-                   "the same settings")
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep runs that finished with the same settings, continue interrupted "
+                        "ones from their checkpoints, reuse cached evaluations (the default; "
+                        "--no-reuse trains everything again)")
     p.add_argument("--no-study", action="store_true", help="skip the CIFAR-10 study (keep the "
                    "study already in the results JSON)")
     p.add_argument("--imagenet-demo", action="store_true", help="add the 224-pixel section")
@@ -93,18 +106,18 @@ def main(argv=None):
                         "vgg16.npz`; the demo then reports each method's error on the photos")
     p.add_argument("--imagenet-width", type=float, default=0.25,
                    help="VGG-16 width for the demo (1.0 = the paper's 138M parameters; slow)")
-    p.add_argument("--longer", type=int, default=None, metavar="EPOCHS",
-                   help="also train A and E for EPOCHS epochs (recipe otherwise unchanged) to "
-                        "test whether under-training explains the depth result; costs "
-                        "EPOCHS / 8 times the study's training time of A and E")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     args = p.parse_args(argv)
-    if args.longer is not None and args.longer < 1:
-        p.error(f"--longer needs a positive number of epochs, got {args.longer}")
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
 
-    st = Settings.quick() if args.quick else Settings.for_budget(args.budget_minutes)
+    st = Settings.quick() if args.quick else Settings()
+    if args.epochs is not None:
+        st.epochs = args.epochs
     if args.out is None:
-        args.out = str(REPO / "runs" / ("paper_tables_quick" if args.quick else "paper_tables"))
+        args.out = str(REPO / "runs" / ("paper_study_quick" if args.quick else "paper_study"))
     results = Path(args.results) if args.results else \
         (Path(args.out) if args.quick else REPO / "experiments" / "results")
     results.mkdir(parents=True, exist_ok=True)
@@ -130,16 +143,8 @@ def main(argv=None):
     if not args.no_study:
         log(f"paper_tables: {'QUICK ' if args.quick else ''}study, settings {asdict(st)}")
         report["study"] = run_study(args, st, log)
-        report["study"].update(stamp, quick=args.quick, load_average_end=_load(),
-                               budget_minutes=None if args.quick else args.budget_minutes)
-        if report.pop("longer", None) is not None and not args.longer:
-            log("dropped the old --longer section: it compared against the previous study")
-    if args.longer:
-        study = report.get("study")
-        base = Settings(**study["settings"]) if (args.no_study and study) else st
-        log(f"longer training: A and E for {args.longer} epochs")
-        report["longer"] = longer_training(args, base, args.longer, study, log)
-        report["longer"].update(stamp, load_average_end=_load())
+        report["study"].update(stamp, quick=args.quick, load_average_end=_load())
+        report.pop("longer", None)  # the old study's section (A and E trained longer)
     if args.imagenet_demo:
         n = 1 if args.quick else args.imagenet_images
         width = min(args.imagenet_width, 0.0625) if args.quick else args.imagenet_width
@@ -150,7 +155,8 @@ def main(argv=None):
     # atomic: a crash while writing never leaves a half-written result behind
     atomic_write_text(json_path, json.dumps(report, indent=2, default=_json_default))
     atomic_write_text(md_path, render(report))
-    log(f"wrote {md_path} and {json_path}")
+    figures = draw_figures(report["study"], results) if report.get("study") else []
+    log(f"wrote {md_path}, {json_path}" + "".join(f", {f}" for f in figures))
     return 0
 
 

@@ -45,50 +45,69 @@ def rp(experiment):
 def test_quick_runs_the_whole_pipeline(pt, rp, tmp_path):
     out = tmp_path / "quick"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--longer", "2", "--out", str(out)],
+    r = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--no-reuse", "--out", str(out)],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "min left" in r.stdout and "[12/12]" in r.stdout  # progress and time left
     md = (out / "paper_tables.md").read_text()
-    for heading in ("Table 3", "Table 4", "Table 5", "Table 6", "Do the paper's findings hold",
-                    "Exact commands", "QUICK"):
+    for heading in ("Depth: error against", "Table 3", "Table 4", "Table 5", "Table 6",
+                    "Do the paper's findings hold", "Trained enough to compare", "Exact commands",
+                    "QUICK"):
         assert heading in md, heading
+    for fig in rp.FIGURES.values():
+        assert (out / fig).stat().st_size > 1000 and f"]({fig})" in md
     report = json.loads((out / "paper_tables.json").read_text())
     study = report["study"]
-    assert set(study["runs"]) == {"A", "A-LRN", "B", "C", "D", "E", "D-S40", "D-S32-48"}
+    assert set(study["runs"]) == set(pt.RUNS)
     for name, run in study["runs"].items():
         for p in ("single", "multi-scale", "dense"):
             assert 0 <= run["protocols"][p]["top1_error"] <= 100
         assert (out / name / "checkpoint.npz").is_file()
+        assert (out / name / "posteriors.npz").is_file()  # cached: a resumed study reuses it
+        assert len(run["history"]) == 1 and run["seed"] == pt.RUNS[name][3]
     assert study["runs"]["D-S32-48"]["protocols"]["multi-scale"]["scales"] == [32, 40, 48]
-    assert study["runs"]["D"]["protocols"]["dense+multi-crop"]["top1_error"] >= 0
-    assert len(study["claims"]) == 7 and len(study["fusion"]) >= 4
+    assert study["runs"]["D"]["protocols"]["dense+multi-crop"]["n"] == study["n_multi_crop"]
+    assert study["dense_score_maps"] == {"27": [1, 1], "32": [1, 1], "37": [1, 1]}
+    assert [c["key"] for c in study["claims"]] == pt.CLAIM_KEYS and len(study["fusion"]) >= 5
     # written under --out (not the committed results), with the command that made it
     assert str(out) in study["command"] and study["quick"] is True
-    # --longer: A and E again with 2 epochs, compared on the study's validation images
-    longer = report["longer"]
-    assert longer["epochs"] == 2 and set(longer["runs"]) == {"A", "E"}
-    for name in ("A", "E"):
-        assert longer["runs"][name]["epochs"] == 2 and 0 <= longer["runs"][name]["top1_error"] <= 100
-        assert (out / "longer-2ep" / name / "checkpoint.npz").is_file()
-    assert "study_e_minus_a" in longer and "--epochs 2" in longer["train_commands"]["E"]
-    assert "A and E trained 2 epochs" in md
-    # every claim is tagged; a likely reason is rendered under exactly the unsupported ones
-    assert [c["key"] for c in study["claims"]] == pt.CLAIM_KEYS
+    assert study["run_note"] is None and study["jobs"] == 2
+
+    # Resumed: finished runs are kept, an interrupted one (its checkpoint, no metrics.json)
+    # continues from its checkpoint, cached evaluations are read back.
+    (out / "B" / "metrics.json").unlink()
+    r2 = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--jobs", "1",
+                         "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=240)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert r2.stdout.count("reusing the finished run") == len(pt.RUNS) - 1
+    assert "B: continuing the interrupted run" in r2.stdout
+    assert r2.stdout.count("reusing its evaluation") >= len(pt.RUNS) - 1
+    again = json.loads((out / "paper_tables.json").read_text())["study"]
+    assert "11 of 12 runs were trained" in again["run_note"]
+    for r in pt.RUNS:
+        if r != "B":
+            assert again["runs"][r]["protocols"] == study["runs"][r]["protocols"]
+
+    # a likely reason is rendered under exactly the claims that are not supported
     for c in study["claims"]:
         c["verdict"] = "supported"
     study["claims"][1]["verdict"] = "contradicted; not monotone"
     text = rp.render(report)
-    assert text.count("*Likely reason:*") == 1
+    assert text.count("*Why it may not show here:*") == 1
     claims_block = text.split("## Do the paper's findings hold here?")[1].split("\n2. ")[1]
-    assert claims_block.split("\n3. ")[0].count("*Likely reason:*") == 1
+    assert claims_block.split("\n3. ")[0].count("*Why it may not show here:*") == 1
 
 
-def test_settings_scale_with_the_budget(pt):
-    full = pt.Settings.for_budget(90)
-    assert (full.n_train, full.n_val, full.epochs) == (12000, 2000, 8)
-    small = pt.Settings.for_budget(20)
-    assert small.n_train == 2700 and small.n_val == 1000 and small.epochs == full.epochs
-    q = pt.Settings.quick()
+def test_runs_and_groups(pt):
+    assert pt.group("A") == ["A", "A-seed2"] and pt.group("E-seed2") == ["E", "E-seed2"]
+    assert pt.group("D-S32-48") == ["D-S32-48"] and pt.group("B-5x5") == ["B-5x5"]
+    for cfg in pt.DEPTH_CHAIN:  # the depth claim: at least two seeds each
+        assert len(pt.group(cfg)) >= 2
+    assert set(pt.COST) == {m for m, *_ in pt.RUNS.values()}
+    full, q = pt.Settings(), pt.Settings.quick()
+    assert full.width >= 0.25 and full.n_train is None and full.n_val == 5000
+    assert full.recipe == "default" and full.lr is None and full.hidden is None
     assert q.width == 1 / 16 and q.epochs == 1
 
 
@@ -104,18 +123,40 @@ def test_paired_standard_error_and_verdicts(pt):
     assert pt.verdict(1.0, 1.0).startswith("not resolved")
 
 
+def test_evidence_averages_seeds_before_pairing(pt):
+    labels = np.array([0, 0, 0, 0])
+    right, wrong = np.eye(2)[[0, 0, 0, 0]], np.eye(2)[[1, 1, 1, 1]]
+    half = np.eye(2)[[0, 0, 1, 1]]
+    posts = {("A", "single"): right, ("A-seed2", "single"): wrong,   # A: 50 % error on average
+             ("E", "single"): half, ("E-seed2", "single"): half,     # E: 50 %
+             ("D", "multi-crop"): right[:2], ("D", "single"): half}
+    ev = pt.Evidence(posts, labels, mc_idx=[1, 3])
+    assert ev.err(["A", "A-seed2"]) == pytest.approx(50.0)
+    assert ev.seed_errs(["A", "A-seed2"]) == [0.0, 100.0]
+    d, se = ev.diff(["A", "A-seed2"], ["E", "E-seed2"])
+    assert d == pytest.approx(0.0)
+    # per-image seed averages: A is 0.5 right everywhere, E 1, 1, 0, 0 -> differences +-0.5
+    assert se == pytest.approx(100 * np.std([0.5, 0.5, -0.5, -0.5], ddof=1) / 2)
+    assert list(ev.labels_of("multi-crop")) == [0, 0] and ev.err("D", "multi-crop") == 0.0
+    assert pt.seeds_note(ev, ["A", "A-seed2"]) == "A 50.0 % (seeds 0.0, 100.0)"
+
+
 def test_train_command_matches_the_config(pt, tmp_path):
     st = pt.Settings.quick()
-    cfg = pt.train_config("D-S32-48", st, "folder", tmp_path, tmp_path / "runs", "cpu", False)
-    cmd = pt.train_command(cfg)
-    assert "--model vgg16" in cmd and "--scale 32,48" in cmd and f"--limit {cfg.limit}" in cmd
-    from tinyvgg.cli import _config_from_args, build_parser
-    args = build_parser().parse_args(cmd.split()[3:])
-    again = _config_from_args(args)
-    for key in ("model", "width", "hidden", "epochs", "lr", "limit", "scale", "seed", "batch_norm"):
-        assert getattr(again, key) == getattr(cfg, key) or list(getattr(again, key)) == \
-            list(getattr(cfg, key)), key
-    assert int(again.val_size) == cfg.val_size
+    for run in ("D-S32-48", "E-seed2"):
+        cfg = pt.train_config(run, st, "folder", tmp_path, tmp_path / "runs", "cpu", False)
+        cmd = pt.train_command(cfg, st)
+        assert f"--model {pt.RUNS[run][0]}" in cmd and f"--limit {cfg.limit}" in cmd
+        assert f"--seed {pt.RUNS[run][3]} --split-seed {st.split_seed}" in cmd
+        from tinyvgg.cli import _config_from_args, build_parser
+        args = build_parser().parse_args(cmd.split()[3:])
+        again = _config_from_args(args)
+        want, got = cfg.to_dict(), again.to_dict()
+        for key in ("out", "progress", "log_every", "data_dir"):
+            want.pop(key), got.pop(key)
+        assert got == want
+    assert "--scale 32,48" in pt.train_command(
+        pt.train_config("D-S32-48", st, "folder", tmp_path, tmp_path, "cpu", False), st)
 
 
 def test_synthetic_quick_dataset_when_shared_data_is_missing(pt, tmp_path, monkeypatch):
@@ -148,21 +189,24 @@ def test_load_note_says_whether_other_jobs_shared_the_cpu(rp):
     assert rp.load_note(None) == "load average unknown"
 
 
+def _study_with_train_errors(errors, epochs=5):
+    runs = {r: {"final_train_accuracy": 1 - e / 100} for r, e in errors.items()}
+    return {"runs": runs, "settings": {"epochs": epochs},
+            "dense_score_maps": {"27": [1, 1], "32": [1, 1], "37": [1, 1]}}
+
+
 def test_likely_reason_follows_the_measured_training_errors(pt, rp):
-    st = dict(epochs=8, n_train=12000, width=0.125)
-    slower = rp.likely_reason("depth", st, {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0})
-    assert "converge more slowly" in slower and "E 40 %" in slower
-    fits = rp.likely_reason("depth", st, {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0})
-    assert "as well or better" in fits and "converge more slowly" not in fits
+    slower = rp.likely_reason("depth", _study_with_train_errors(
+        {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0}))
+    assert "fit their training batches less well" in slower and "E 40 %" in slower
+    fits = rp.likely_reason("depth", _study_with_train_errors(
+        {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0}))
+    assert "as well or better" in fits and "less well" not in fits
+    dense = rp.likely_reason("dense+crop", _study_with_train_errors({}))
+    assert "Q = 32: 1 x 1" in dense
     for key in pt.CLAIM_KEYS:
-        assert rp.likely_reason(key, st, {}).endswith(".")
-
-
-def test_depth_trend_names_the_direction(rp):
-    assert "towards the paper" in rp.depth_trend(15.0, 1.5, 5.0, 1.5)
-    assert "now better" in rp.depth_trend(15.0, 1.5, -5.0, 1.5)
-    assert "away from the paper" in rp.depth_trend(5.0, 1.5, 15.0, 1.5)
-    assert rp.depth_trend(15.0, 1.5, 14.0, 1.5) == "the gap barely changes"
+        assert rp.likely_reason(key, _study_with_train_errors({}, epochs=1)).endswith(".")
+    assert "1 epoch " in rp.likely_reason("5x5", _study_with_train_errors({}, epochs=1))
 
 
 def _photo_folder(root, n_classes):
@@ -238,3 +282,31 @@ def test_the_committed_report_is_the_rendering_of_the_committed_json(rp):
     results = EXPERIMENTS / "results"
     report = json.loads((results / "paper_tables.json").read_text())
     assert rp.render(report) == (results / "paper_tables.md").read_text()
+
+
+LESSON_CLAIMS = ("jitter", "multi-scale", "dense+crop", "fusion")  # what lesson 14 teaches
+
+
+def test_the_readme_and_lesson_14_quote_the_committed_verdicts(rp):
+    """The README's table of findings and lesson 14's are the committed study's, verbatim."""
+    study = json.loads((EXPERIMENTS / "results" / "paper_tables.json").read_text())["study"]
+    assert not study.get("quick")
+    assert rp.findings_table(study) in (REPO / "README.md").read_text()
+    lesson = " ".join((REPO / "lessons" / "14_scales_and_test_protocols.py").read_text().split())
+    quoted = [c for c in study["claims"] if c["key"] in LESSON_CLAIMS]
+    assert len(quoted) == len(LESSON_CLAIMS)
+    for c in quoted:
+        assert " ".join(rp.finding_line(c).split()) in lesson, c["key"]
+
+
+def test_a_saved_run_matches_its_config_whatever_the_spelling_of_the_data_folder(pt, tmp_path,
+                                                                                monkeypatch):
+    st = pt.Settings.quick()
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = pt.train_config("B", st, "folder", tmp_path / "data", tmp_path / "runs", "cpu", False)
+    saved = dict(cfg.to_dict(), data_dir="data", out="elsewhere", progress=True)
+    assert pt._same_config(saved, cfg)
+    assert not pt._same_config(dict(saved, data_dir="other"), cfg)
+    assert not pt._same_config(dict(saved, epochs=cfg.epochs + 1), cfg)
+    assert not pt._same_config(dict(saved, seed=cfg.seed + 1), cfg)
