@@ -175,8 +175,12 @@ def render_study(s, w):
     n, nmc = s["n_val"], s.get("n_multi_crop", s["n_val"])
     w("## Setting")
     w("")
-    w(f"- **Measured with:** `{s['command']}` on {s['machine']} ({s['date']}; "
-      f"{load_note(s.get('load_average'), s.get('load_average_end'))}); "
+    # A study that reused its runs only computed the tables now: its load says nothing
+    # about the training times (the run note says when and how they were measured).
+    label = "Tables computed with" if s.get("run_note") else "Measured with"
+    when = s["date"] if s.get("run_note") else \
+        f"{s['date']}; {load_note(s.get('load_average'), s.get('load_average_end'))}"
+    w(f"- **{label}:** `{s['command']}` on {s['machine']} ({when}); "
       + ("a QUICK pipeline check (tiny data, 1 epoch): NOT a result." if s.get("quick")
          else "a real run of the full study."))
     if s.get("run_note"):

@@ -257,12 +257,16 @@ def train_run(run, cfg, reuse, log):
     for stale in ("metrics.json", "protocols.json", "posteriors.npz"):
         (folder / stale).unlink(missing_ok=True)
     t0, started = time.perf_counter(), time.time()
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]  # the machine when this run started
+    except OSError:
+        load = None
     resume = str(folder) if same else None
     if resume:
         log(f"  {run}: continuing the interrupted run in {shown(folder)}")
     metrics = train(cfg, resume=resume)
     metrics.update(wall_s=time.perf_counter() - t0, started=started, finished=time.time(),
-                   resumed=bool(resume), reused=False)
+                   resumed=bool(resume), reused=False, load_average=load)
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
@@ -602,6 +606,12 @@ def run_study(args, st, log):
                 f"the same settings (`--reuse`: the runs started {when(min(starts))} and the "
                 f"last one ended {when(max(ends))}); this invocation read their checkpoints, "
                 f"histories and cached posteriors and computed the tables and claims.")
+        loads = [jobs[r]["metrics"].get("load_average") for r in reused]
+        if all(loads):
+            note += (f" The 1-minute load average when they started ranged from "
+                     f"{min(x[0] for x in loads):.2f} to {max(x[0] for x in loads):.2f}.")
+        else:
+            note += " The load average while they trained is not recorded here."
     return {
         "run_note": note,
         "settings": asdict(st), "dataset": dataset, "data_dir": shown(data_dir),

@@ -85,6 +85,7 @@ def test_quick_runs_the_whole_pipeline(pt, rp, tmp_path):
     assert r2.stdout.count("reusing its evaluation") >= len(pt.RUNS) - 1
     again = json.loads((out / "paper_tables.json").read_text())["study"]
     assert "11 of 12 runs were trained" in again["run_note"]
+    assert "load average when they started ranged" in again["run_note"]  # recorded per run
     for r in pt.RUNS:
         if r != "B":
             assert again["runs"][r]["protocols"] == study["runs"][r]["protocols"]
