@@ -74,35 +74,51 @@ def groups(runs):
 def likely_reason(key, s):
     """Why a claim may not have reproduced in this run, with the evidence the run holds."""
     runs, st = s["runs"], s["settings"]
+    gr = groups(runs)
+
+    def mean_te(r):
+        """Seed-mean last-epoch training error of a model, None when unknown."""
+        vals = [train_error(runs[x]) for x in gr.get(r, [r]) if x in runs]
+        return float(np.mean(vals)) if vals and None not in vals else None
+
+    def mean_ve(r):
+        return float(np.mean([runs[x]["protocols"]["single"]["top1_error"] for x in gr.get(r, [r])]))
 
     def te(*names):
-        return ", ".join(f"{r} {train_error(runs[r]):.0f} %" for r in names
-                         if r in runs and train_error(runs[r]) is not None)
+        return ", ".join(f"{r} {mean_te(r):.1f} %" for r in names
+                         if r in runs and mean_te(r) is not None)
+
+    def same_order(names):
+        names = [r for r in names if r in runs and mean_te(r) is not None]
+        return len(names) > 1 and sorted(names, key=mean_te) == sorted(names, key=mean_ve)
 
     if key == "lrn":
         return ("BatchNorm after every convolution already normalises the activations that LRN "
                 "would, so LRN has little left to add either way.")
     if key in ("depth", "1x1"):
         chain = DEPTH_CHAIN if key == "depth" else ["B", "C", "D"]
-        known = [r for r in chain if r in runs and train_error(runs[r]) is not None]
-        if len(known) >= 2 and train_error(runs[known[-1]]) > train_error(runs[known[0]]):
-            return (f"an equal budget of {plural(st['epochs'], 'epoch')} is not convergence, and "
-                    f"the deeper nets fit their training batches less well at its end "
-                    f"(last-epoch training error {te(*chain)}): the comparison is between "
-                    f"networks at different stages of training, not of what each depth can learn.")
-        return (f"the deeper nets fit their training batches as well or better (last-epoch "
-                f"training error {te(*chain)}) but do not generalise better after "
-                f"{plural(st['epochs'], 'epoch')}.")
+        text = (f"after {plural(st['epochs'], 'epoch')} the networks are still learning (see "
+                f"\"Trained enough to compare?\"); last-epoch training error (seed means) "
+                f"{te(*chain)}. ")
+        if same_order(chain):
+            return text + ("Their validation errors rank exactly as these training errors do: "
+                           "what separates them here is how far each has got in fitting its "
+                           "training data in the budget, not what its depth can learn.")
+        return text + ("Their validation errors do not rank as these training errors do, so "
+                       "fitting speed alone does not explain the order.")
     if key == "5x5":
         return (f"B-5x5 has more weights per layer and fewer non-linearities; after "
                 f"{plural(st['epochs'], 'epoch')} (last-epoch training error {te('B', 'B-5x5')}) "
                 f"the difference the paper measured after full training on ImageNet may not "
                 f"have opened up yet at 32 pixels, where a 5x5 filter covers much of a small map.")
     if key == "jitter":
-        return (f"at 32 pixels the range [32, 48] is a small change of scale next to the "
-                f"pad-4 random crops the fixed-S model already sees, and in "
-                f"{plural(st['epochs'], 'epoch')} the stronger augmentation costs fit "
-                f"(last-epoch training error {te('D', 'D-S32-48')}).")
+        text = ("at 32 pixels the range [32, 48] is a small change of scale next to the pad-4 "
+                "random crops the fixed-S model already sees, and its single-scale test rescales "
+                "32-pixel images up to Q = 40, which adds no detail")
+        if (mean_te("D-S32-48") or 0) > (mean_te("D") or 0):
+            text += (f"; in {plural(st['epochs'], 'epoch')} the stronger augmentation also "
+                     f"costs fit (last-epoch training error {te('D', 'D-S32-48')})")
+        return text + "."
     if key == "multi-scale":
         return ("rescaling a 32-pixel image to Q = 27 throws detail away and to Q = 37 invents "
                 "it by interpolation, and a model trained at one fixed S never saw other scales.")
@@ -128,7 +144,9 @@ def render(report):
     w("# The VGG paper's tables, reproduced small (tinyvgg)")
     w("")
     w("Everything below was measured by `experiments/paper_tables.py` (each section names the "
-      "command and machine); nothing is copied from the paper except the claims being tested. "
+      "command and machine; the script was `benchmarks/paper_tables.py` before issue #14, "
+      "as older recorded commands say); nothing is copied from the paper except the claims "
+      "being tested. "
       "`python experiments/paper_tables.py --no-study` re-renders this file and its figures "
       "from `paper_tables.json`.")
     w("")
@@ -216,9 +234,10 @@ def render_study(s, w):
     w(f"- **Noise:** with {n} validation images the standard error of one error rate near "
       f"{100 * e:.0f} % is about {100 * math.sqrt(e * (1 - e) / n):.1f} points. Differences are "
       f"seed-averaged (each model's per-image correctness averaged over its seeds) and judged "
-      f"with the paired standard error over the same images (± below); a claim counts as "
-      f"supported or contradicted only beyond 2 standard errors. The seed spread is shown "
-      f"beside each seed-averaged error.")
+      f"with the paired standard error over the same images (± below); a difference counts "
+      f"for or against a claim only beyond 2 standard errors (claim 1, that LRN does not "
+      f"help, is contradicted only if LRN helps beyond 2 standard errors). The seed spread is "
+      f"shown beside each seed-averaged error.")
     t = s["time"]
     w(f"- **Time:** {minutes(t.get('span_s'))} from the first run's start to the end of the "
       f"last run's evaluation ({sharing(s)}; {minutes(t['train_sum_s'])} of training summed "
@@ -263,7 +282,8 @@ def render_study(s, w):
         w(f"| {r} | {row.get('seed', '')} | {row['train_scale_label']} | {q_label(p['scales'])} | "
           f"{fmt(p['top1_error'])} | {fmt(p['top5_error'])} |")
     w("")
-    w("Each Q: the central 32 x 32 crop and its mirror image; posteriors averaged over the "
+    w("Each Q: the image rescaled to Q (padded with the mean colour to 32 x 32 when Q < 32), "
+      "its central 32 x 32 crop and the crop's mirror image; posteriors averaged over the "
       "three scales.")
     w("")
     w("## Table 5: dense versus multi-crop evaluation")
@@ -290,7 +310,9 @@ def render_study(s, w):
           "image, the class score map averaged, then soft-maxed. The score map of a 32 x 32 "
           "image at each Q (measured): " + ", ".join(f"Q = {q}: {m[0]} x {m[1]}"
                                                      for q, m in maps.items())
-          + ". Five 2 x 2 pools floor odd sides, so below 64 pixels the map is one window.")
+          + ". Five 2 x 2 pools floor odd sides, so below 64 pixels the map is one position, "
+          "whose receptive field is anchored at the top-left of the rescaled image (padded to "
+          "32 when Q < 32), where multi-scale takes the central crop.")
         w("")
     w("## Table 6: fusion (posteriors averaged over models)")
     w("")
@@ -451,7 +473,7 @@ def draw_figures(study, folder):
     ax.set_xlabel("weight layers")
     ax.set_ylabel("top-1 validation error (%), Q = 32")
     ax.set_title(f"CIFAR-10, width {study['settings']['width']:g}, "
-                 f"{study['settings']['epochs']} epochs")
+                 f"{plural(study['settings']['epochs'], 'epoch')}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     paths.append(folder / FIGURES["depth"])
@@ -460,15 +482,15 @@ def draw_figures(study, folder):
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    palette = plt.get_cmap("tab20").colors
     for i, (r, row) in enumerate(study["runs"].items()):
         h = row.get("history") or []
         ep_ = [x["epoch"] for x in h]
-        colour = f"C{i % 10}"
+        colour = palette[(2 * i) % 20 + (2 * i) // 20]
         axes[0].plot(ep_, [100 * (1 - x["val_acc"]) if x.get("val_acc") is not None else np.nan
-                           for x in h], marker="o", ms=3, color=colour, label=r,
-                     ls="-" if i < 10 else "--")
+                           for x in h], marker="o", ms=3, color=colour, label=r)
         axes[1].plot(ep_, [100 * (1 - x["train_acc"]) if x.get("train_acc") is not None else np.nan
-                           for x in h], marker="o", ms=3, color=colour, ls="-" if i < 10 else "--")
+                           for x in h], marker="o", ms=3, color=colour)
     axes[0].set_title("validation error (flip TTA)")
     axes[1].set_title("training error (augmented batches)")
     for ax in axes:

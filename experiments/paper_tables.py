@@ -131,8 +131,13 @@ def main(argv=None):
     if json_path.is_file():
         try:
             report = json.loads(json_path.read_text())
-        except ValueError:
-            report = {}
+        except ValueError as e:
+            # never overwrite results we cannot read: they may be all that is left of a run
+            p.exit(2, f"error: {json_path} is not valid JSON ({e}); move it away (a new "
+                      f"study writes a new one) or restore it, e.g. with git checkout\n")
+    if args.no_study and not args.imagenet_demo and not report.get("study"):
+        p.exit(2, f"error: --no-study re-renders the study in {json_path}, and there is none; "
+                  f"give --results FOLDER holding a paper_tables.json, or run the study\n")
     threads = " ".join(f"{k}={os.environ[k]}" for k in
                        ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
                        if k in os.environ)
@@ -170,5 +175,17 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
+def run(argv=None):
+    """``main``, with the study's input errors (``SystemExit("error: ...")``: a missing data
+    folder, photos or checkpoint) exiting with status 2 like argparse's own."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -161,16 +161,16 @@ say("""
       at single test; not resolved at multi-scale test (single-scale test: D 22.1 %,
       D [32, 48] 24.4 %)
 
-    - multi-scale testing beats single-scale testing: better for 1 of 8 models,
-      significantly for 1, significantly worse for 2 (mean gain -0.2 points)
+    - multi-scale testing beats single-scale testing: supported for 1 of 8 models,
+      contradicted for 2 (mean gain -0.2 points)
 
     - dense and multi-crop evaluation are complementary (their average beats both):
       D contradicted, D-S32-48 not resolved (D: dense 21.8, multi-crop 22.0, both
       22.2 %)
 
     - fusing several models (averaging their posteriors) beats the best single
-      model: a significant gain in 4 of 7 fusions (best: all 12 models (multi-scale)
-      20.2 % vs its best member 22.1 %)
+      model: supported for 4 of 7 fusions (best: all 12 runs: 8 models, 4 with 2
+      seeds (multi-scale) 20.2 % vs its best member 22.1 %)
 
     At 32 pixels the paper's scale effects have little room: Q = 27 throws
     detail away, Q = 37 invents it, and every dense score map is 1 x 1 (one

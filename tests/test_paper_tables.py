@@ -197,17 +197,26 @@ def _study_with_train_errors(errors, epochs=5):
 
 
 def test_likely_reason_follows_the_measured_training_errors(pt, rp):
-    slower = rp.likely_reason("depth", _study_with_train_errors(
-        {"A": 30.0, "B": 32.0, "D": 35.0, "E": 40.0}))
-    assert "fit their training batches less well" in slower and "E 40 %" in slower
-    fits = rp.likely_reason("depth", _study_with_train_errors(
-        {"A": 30.0, "B": 28.0, "D": 25.0, "E": 20.0}))
-    assert "as well or better" in fits and "less well" not in fits
-    dense = rp.likely_reason("dense+crop", _study_with_train_errors({}))
-    assert "Q = 32: 1 x 1" in dense
+    def study(train, val, epochs=5):
+        runs = {r: {"final_train_accuracy": 1 - t / 100,
+                    "protocols": {"single": {"top1_error": val[r]}}} for r, t in train.items()}
+        return {"runs": runs, "settings": {"epochs": epochs},
+                "dense_score_maps": {"27": [1, 1], "32": [1, 1], "37": [1, 1]}}
+
+    train = {"A": 24.0, "B": 23.0, "D": 23.5, "E": 25.0}
+    same = rp.likely_reason("depth", study(train, {"A": 23.0, "B": 21.8, "D": 22.1, "E": 23.7}))
+    assert "rank exactly as these training errors" in same and "E 25.0 %" in same
+    other = rp.likely_reason("depth", study(train, {"A": 21.0, "B": 21.8, "D": 22.1, "E": 23.7}))
+    assert "do not rank" in other
+    empty = study({}, {})
+    assert "Q = 32: 1 x 1" in rp.likely_reason("dense+crop", empty)
     for key in pt.CLAIM_KEYS:
-        assert rp.likely_reason(key, _study_with_train_errors({}, epochs=1)).endswith(".")
-    assert "1 epoch " in rp.likely_reason("5x5", _study_with_train_errors({}, epochs=1))
+        assert rp.likely_reason(key, study({}, {}, epochs=1)).endswith(".")
+    assert "1 epoch " in rp.likely_reason("5x5", study({}, {}, epochs=1))
+    jitter = {"D": 23.0, "D-S32-48": 28.0}
+    assert "costs fit" in rp.likely_reason("jitter", study(jitter, {"D": 22.0, "D-S32-48": 24.0}))
+    jitter = {"D": 23.0, "D-S32-48": 20.0}
+    assert "costs fit" not in rp.likely_reason("jitter", study(jitter, {"D": 22.0, "D-S32-48": 24.0}))
 
 
 def _photo_folder(root, n_classes):
@@ -311,3 +320,26 @@ def test_a_saved_run_matches_its_config_whatever_the_spelling_of_the_data_folder
     assert not pt._same_config(dict(saved, data_dir="other"), cfg)
     assert not pt._same_config(dict(saved, epochs=cfg.epochs + 1), cfg)
     assert not pt._same_config(dict(saved, seed=cfg.seed + 1), cfg)
+
+
+def test_bad_input_exits_2_and_never_overwrites_results(experiment, tmp_path, capsys):
+    import paper_tables
+
+    def status(*argv):
+        try:
+            return paper_tables.run(list(argv))
+        except SystemExit as e:  # argparse's own errors
+            return e.code
+
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    (bad / "paper_tables.json").write_text('{"stu')
+    assert status("--no-study", "--results", str(bad)) == 2
+    assert (bad / "paper_tables.json").read_text() == '{"stu'  # kept as it was
+    assert "not valid JSON" in capsys.readouterr().err
+    assert status("--no-study", "--results", str(tmp_path / "empty")) == 2
+    assert "there is none" in capsys.readouterr().err
+    assert status("--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                  "--results", str(tmp_path / "r")) == 2
+    assert "not found" in capsys.readouterr().err
+    assert status("--epochs", "0") == 2 and status("--jobs", "0") == 2
