@@ -216,12 +216,21 @@ def render_study(s, w):
       f"B-5x5 (section 4.1: configuration B with each pair of 3x3 convolutions replaced by one "
       f"5x5). Deviation from the paper: BatchNorm lets every depth train from scratch (the "
       f"paper initialised its deeper nets from net A instead).")
-    w(f"- **Equal budget, `train`'s default recipe:** every model {plural(st['epochs'], 'epoch')}, batch "
-      f"{st['batch_size']}, one cycle to learning rate 0.1 (warm-up over 15 % of the steps, "
-      f"cosine to zero), SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights only, no "
-      f"dropout, random pad-4 crops and flips (`python -m tinyvgg train`'s defaults; the "
-      f"paper's recipe is `--recipe paper`). A, B, D and E are trained with seeds 1 and 2, the "
-      f"others with seed 1.")
+    recipe, lr = st.get("recipe", "default"), st.get("lr")
+    if recipe == "default" and lr is None:
+        how = (f"`train`'s default recipe:** every model {plural(st['epochs'], 'epoch')}, batch "
+               f"{st['batch_size']}, one cycle to learning rate 0.1 (warm-up over 15 % of the "
+               f"steps, cosine to zero), SGD with Nesterov momentum 0.9, weight decay 5e-4 on "
+               f"weights only, no dropout, random pad-4 crops and flips (`python -m tinyvgg "
+               f"train`'s defaults; the paper's recipe is `--recipe paper`).")
+    else:
+        how = (f"`train --recipe {recipe}`{'' if lr is None else f' with learning rate {lr:g}'}:** "
+               f"every model {plural(st['epochs'], 'epoch')}, batch {st['batch_size']} (the "
+               f"exact commands are at the end).")
+    seeded = [m for m in gr.values() if len(m) > 1]
+    w(f"- **Equal budget, {how} "
+      + (f"{', '.join(m[0] for m in seeded)} are trained with {len(seeded[0])} seeds each, the "
+         f"others with one." if seeded else "One seed per model."))
     w("- **Training scale S at 32 pixels** (the paper: S = 256, 384, [256, 512] with 224 "
       "crops): *S = 32*: CIFAR's pad-4-and-crop at the native scale; *S in [32, 48]*: every "
       "image rescaled to a random S (scale jittering), random 32 x 32 crops.")

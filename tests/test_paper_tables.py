@@ -343,3 +343,13 @@ def test_bad_input_exits_2_and_never_overwrites_results(experiment, tmp_path, ca
                   "--results", str(tmp_path / "r")) == 2
     assert "not found" in capsys.readouterr().err
     assert status("--epochs", "0") == 2 and status("--jobs", "0") == 2
+
+
+def test_the_setting_describes_the_recipe_the_study_used(rp):
+    report = json.loads((EXPERIMENTS / "results" / "paper_tables.json").read_text())
+    study = report["study"]
+    assert "`train`'s default recipe:** every model" in rp.render(report)
+    study["settings"].update(recipe="paper", lr=0.05)
+    text = rp.render(report)
+    assert "`train --recipe paper` with learning rate 0.05:**" in text
+    assert "one cycle to learning rate 0.1" not in text
