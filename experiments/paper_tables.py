@@ -98,15 +98,19 @@ def main(argv=None):
     p.add_argument("--no-study", action="store_true", help="skip the CIFAR-10 study (keep the "
                    "study already in the results JSON)")
     p.add_argument("--imagenet-demo", action="store_true", help="add the 224-pixel section")
-    p.add_argument("--imagenet-dir", default=str(DEFAULT_IMAGENET))
-    p.add_argument("--imagenet-images", type=int, default=4)
+    p.add_argument("--imagenet-dir", default=str(DEFAULT_IMAGENET),
+                   help="class folders of photos for --imagenet-demo (default %(default)s)")
+    p.add_argument("--imagenet-images", type=int, default=4,
+                   help="photos the demo runs through (default %(default)s; 1 with --quick)")
     p.add_argument("--imagenet-checkpoint", default=None, metavar="NPZ",
                    help="weights for the demo instead of random ones, e.g. torchvision's "
                         "pre-trained VGG-16 after `python -m tinyvgg convert vgg16.pth "
                         "vgg16.npz`; the demo then reports each method's error on the photos")
     p.add_argument("--imagenet-width", type=float, default=0.25,
                    help="VGG-16 width for the demo (1.0 = the paper's 138M parameters; slow)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="where the networks run (default %(default)s; on a GPU the runs "
+                        "train one after another)")
     args = p.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
