@@ -264,7 +264,7 @@ def render_study(s, w):
     w("Details, numbers and the evidence for each verdict: "
       "[Do the paper's findings hold here?](#do-the-papers-findings-hold-here) below.")
     w("")
-    render_depth(s, w, gr)
+    render_depth(s, w)
     w("## Table 3: performance at a single test scale")
     w("")
     w("| ConvNet config. | seed | train (S) | test (Q) | top-1 val. error (%) | top-5 val. error (%) | "
@@ -388,7 +388,7 @@ def depth_rows(s):
     return rows
 
 
-def render_depth(s, w, gr):
+def render_depth(s, w):
     w("## Depth: error against the number of weight layers")
     w("")
     w(f"![validation error against depth]({FIGURES['depth']}) ![training curves]({FIGURES['curves']})")

@@ -116,7 +116,8 @@ def test_paired_standard_error_and_verdicts(pt):
     labels = np.array([0, 1, 0, 1])
     a = np.eye(2)[[1, 1, 1, 1]]  # right on 2 of 4
     b = np.eye(2)[[0, 1, 0, 1]]  # right on 4 of 4
-    d, se = pt.paired(a, b, labels)  # err(a) - err(b) = 50 points
+    # err(a) - err(b) = 50 points
+    d, se = pt.paired_correct(pt.correct(a, labels), pt.correct(b, labels))
     assert d == pytest.approx(50.0)
     assert se == pytest.approx(100 * np.std([1, 0, 1, 0], ddof=1) / 2)
     assert pt.verdict(5.0, 1.0) == "supported"

@@ -636,8 +636,9 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     split : None (the default), "test", "val", "train" or "all".
         "val" is the validation set held out by the training run (``train_config``'s
         limit, val_size, split_seed (its seed when None) and sampling, drawn by
-        :func:`tinyvgg.data.train_val_split` as training drew it) from the training split of ``data_dir``. "train" and
-        "all" are every image of the training split / folder; "test" is the test split.
+        :func:`tinyvgg.data.train_val_split` as training drew it) from the training split
+        of ``data_dir``. "train" and "all" are every image of the training split / folder;
+        "test" is the test split.
         A class folder without train/val/test sub-folders is evaluated whole for
         None and "test", except the very folder the model was trained on, which has
         no test images: then its held-out validation images are used, as training did.
