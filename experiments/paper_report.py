@@ -97,9 +97,10 @@ def likely_reason(key, s):
                 "would, so LRN has little left to add either way.")
     if key in ("depth", "1x1"):
         chain = DEPTH_CHAIN if key == "depth" else ["B", "C", "D"]
-        text = (f"after {plural(st['epochs'], 'epoch')} the networks are still learning (see "
-                f"\"Trained enough to compare?\"); last-epoch training error (seed means) "
-                f"{te(*chain)}. ")
+        state = ("the networks are still learning" if not_converged(s) else
+                 "the validation curves have flattened")
+        text = (f"after {plural(st['epochs'], 'epoch')} {state} (see \"Trained enough to "
+                f"compare?\"); last-epoch training error (seed means) {te(*chain)}. ")
         if same_order(chain):
             return text + ("Their validation errors rank exactly as these training errors do: "
                            "what separates them here is how far each has got in fitting its "
@@ -256,10 +257,12 @@ def render_study(s, w):
     w("")
     w(findings_table(s))
     w("")
-    if not_converged(s):
-        w("**Read with care:** every network here was still learning when its budget ran out "
-          "([Trained enough to compare?](#trained-enough-to-compare) below), so these verdicts "
-          "compare equal short budgets, not converged networks.")
+    falling = not_converged(s)
+    if falling:
+        w(f"**Read with care:** {len(falling)} of {len(s['runs'])} networks here were still "
+          f"learning when their budget ran out ([Trained enough to "
+          f"compare?](#trained-enough-to-compare) below), so these verdicts compare equal "
+          f"short budgets, not converged networks.")
         w("")
     w("Details, numbers and the evidence for each verdict: "
       "[Do the paper's findings hold here?](#do-the-papers-findings-hold-here) below.")
@@ -418,13 +421,15 @@ def fit_rows(s):
 
 
 def not_converged(s):
-    """(runs whose validation error still fell > STILL_FALLING points in the last epoch,
-    runs whose training error is at or above their validation error); both empty when
-    every curve has flattened."""
-    rows = fit_rows(s)
-    falling = [r for r, d, _, _ in rows if d is not None and d < -STILL_FALLING]
-    under = [r for r, _, te, ve in rows if te is not None and te >= ve]
-    return (falling, under) if (falling or under) else None
+    """Runs whose validation error still fell by more than STILL_FALLING points in the last
+    epoch (the issue's test: a curve that has flattened); None when every curve has
+    flattened. A training error at or above the validation error is reported next to it
+    but not counted: the training error is measured on augmented batches (pad-4 crops,
+    flips and, for D-S32-48, scale jittering), which are harder than the validation
+    images, so it can stay above the validation error in a network that has stopped
+    learning."""
+    falling = [r for r, d, _, _ in fit_rows(s) if d is not None and d < -STILL_FALLING]
+    return falling or None
 
 
 def render_fit(s, w):
@@ -442,19 +447,26 @@ def render_fit(s, w):
     for r, d, te, ve in rows:
         w(f"| {r} | {'n/a' if d is None else f'{d:+.1f}'} | {fmt(te)} | {fmt(ve)} |")
     w("")
-    falling, under = not_converged(s) or ([], [])
-    if falling or under:
-        w(f"**Not converged.** The validation error of {len(falling)} of {len(rows)} runs still "
-          f"fell by more than {STILL_FALLING:g} points in the last epoch, and {len(under)} of "
-          f"{len(rows)} runs have a training error (on augmented batches) at or above their "
-          f"validation error: they could still learn, so the verdicts above compare networks "
-          f"at the end of an equal budget of {plural(s['settings']['epochs'], 'epoch')}, not "
-          f"at convergence. A longer budget (`--epochs`) is what the depth and 1x1 claims need "
-          f"next.")
+    falling = not_converged(s) or []
+    under = [r for r, _, te, ve in rows if te is not None and te >= ve]
+    if falling:
+        w(f"**Not converged.** The validation error of {len(falling)} of {len(rows)} runs "
+          f"({', '.join(falling)}) still fell by more than {STILL_FALLING:g} points in the last "
+          f"epoch: they could still learn, so the verdicts above compare networks at the end of "
+          f"an equal budget of {plural(s['settings']['epochs'], 'epoch')}, not at convergence. "
+          f"A longer budget (`--epochs`) is what the depth and 1x1 claims need next.")
     else:
         w(f"Every run's validation error changed by less than {STILL_FALLING:g} points in the "
-          f"last epoch and every training error is below its validation error: the curves have "
-          f"flattened.")
+          f"last epoch: the validation curves have flattened, which is this study's test of "
+          f"\"converged enough to compare\".")
+    if under:
+        w("")
+        w(f"{len(under)} of {len(rows)} runs ({', '.join(under)}) end with a training error at "
+          f"or above their validation error. Training error is counted on augmented batches "
+          f"(random pad-4 crops and flips, plus scale jittering for D-S32-48) while the "
+          f"weights still change within the epoch, so it is not a sign of more to learn on "
+          f"its own; {'all other runs fit their' if len(under) < len(rows) else 'no run fits its'} "
+          f"training batches better than the validation images.")
     w("")
 
 

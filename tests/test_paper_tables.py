@@ -354,3 +354,30 @@ def test_the_setting_describes_the_recipe_the_study_used(rp):
     text = rp.render(report)
     assert "`train --recipe paper` with learning rate 0.05:**" in text
     assert "one cycle to learning rate 0.1" not in text
+
+
+def test_converged_means_every_validation_curve_has_flattened(rp):
+    """The issue's test: a run counts as still learning when its validation error fell by more
+    than STILL_FALLING points in the last epoch; a training error above the validation error
+    (augmented batches) is reported but does not count."""
+    def study(last_val_accs, train_errors):
+        runs = {r: {"history": [{"val_acc": a0}, {"val_acc": a1}],
+                    "final_train_accuracy": 1 - train_errors[r] / 100,
+                    "protocols": {"single": {"top1_error": 100 * (1 - a1)}}}
+                for r, (a0, a1) in last_val_accs.items()}
+        return {"runs": runs, "settings": {"epochs": 10}}
+
+    flat = study({"A": (0.800, 0.803), "B": (0.810, 0.808)}, {"A": 21.0, "B": 17.0})
+    assert rp.not_converged(flat) is None
+    lines = []
+    rp.render_fit(flat, lines.append)
+    text = "\n".join(lines)
+    assert "have flattened" in text and "Not converged" not in text
+    assert "1 of 2 runs (A) end with a training error at or above" in text
+    rising = study({"A": (0.790, 0.800), "B": (0.810, 0.812)}, {"A": 15.0, "B": 17.0})
+    assert rp.not_converged(rising) == ["A"]
+    lines = []
+    rp.render_fit(rising, lines.append)
+    assert "**Not converged.** The validation error of 1 of 2 runs (A) still fell" in "\n".join(lines)
+    assert "still learning" in rp.likely_reason("depth", rising)
+    assert "have flattened" in rp.likely_reason("depth", flat)
