@@ -65,6 +65,47 @@ def test_gradient_check_catches_a_wrong_backward():
     assert report["input"].max_error <= TOL
 
 
+def test_relative_error_counts_only_differences_beyond_the_roundoff():
+    from tinyvgg.gradcheck import relative_error
+
+    a = np.array([1e-5, 1e-10])
+    # 3e-15 on a coordinate 1e-5 below the largest: 3e-9 relative to the floor (1e-8)...
+    assert relative_error(a, a + [0.0, 3e-15]) == pytest.approx(3e-7)
+    # ...which is round-off when R is 1e-15 and 4 R are allowed; 1e-13 still counts.
+    assert relative_error(a, a + [0.0, 3e-15], atol=4e-15) == 0.0
+    assert relative_error(a, a + [0.0, 1e-13], atol=4e-15) == pytest.approx((1e-13 - 4e-15) / 1e-8)
+    with pytest.raises(ValueError, match="atol"):
+        relative_error(a, a, atol=-1.0)
+
+
+def test_gradcheck_of_a_deep_narrow_vgg_still_catches_a_small_wrong_gradient():
+    # VGG-16 at width 1/16 without BatchNorm: the last block's weight gradients are
+    # ~1e-10, only ~1e4 times the round-off R; a 1 % error there is ~1e2 R and must fail,
+    # while the correct network passes under any BLAS summation order (a 0.35 R
+    # difference once read as 2e-6 and failed it on OpenBLAS's Haswell kernel).
+    from tinyvgg import backend
+    from tinyvgg.models import vgg
+
+    backend.seed(0)
+    model = vgg("vgg16", num_classes=10, input_size=32, width=0.0625, hidden=32, init="he", dtype=F64)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    report = check_gradients(model, x, max_coords=4, seed=0)
+    assert report.passed(1e-6), report
+    assert "not counted" in str(report)
+    backward = model.backward
+
+    def off_by_one_percent(dy, *args, **kwargs):
+        dx = backward(dy, *args, **kwargs)
+        g = model.features[24].grads["weight"]
+        g *= 1.01
+        return dx
+
+    model.backward = off_by_one_percent
+    report = check_gradients(model, x, max_coords=4, seed=0)
+    assert report["features.24.weight"].max_error > 1e-3, report
+    assert report["features.21.weight"].max_error <= 1e-6, report
+
+
 def test_gradcheck_refuses_float32():
     with pytest.raises(TypeError, match="float64"):
         check_gradients(L.Linear(3, 2), np.zeros((2, 3), np.float32))
