@@ -23,7 +23,9 @@ machine load. Reported: median step time, images per second, the ratio to PyTorc
 (at its default threads), the share of the GEMM ceiling (NumPy's single-precision
 GEMM rate on 2048 x 2048 matrices measured in the same run, at BLAS's default
 threads) that the step's arithmetic reaches, and the peak memory of a step
-(tracemalloc for NumPy; peak RSS of a fresh process for both).
+(tracemalloc for NumPy; peak RSS of a fresh process for both). ``--profile`` adds where
+each step's time goes by layer type: tinyvgg's layers timed by wrapping them, PyTorch's
+with ``torch.profiler`` in its own process, side by side with the gap between them.
 Results go to ``<out>/bench_train.json`` and ``<out>/bench_train.md``.
 """
 
@@ -157,6 +159,46 @@ def profile_step(name, size, width, batch, classes, hidden, batch_norm, repeats=
     return out
 
 
+# PyTorch's profiler events that hold one layer type's whole forward or backward (each
+# top-level op or autograd node includes the ops it calls), under tinyvgg's part names.
+TORCH_PARTS = {
+    "Conv2d forward": ("aten::conv2d",),
+    "Conv2d backward": ("autograd::engine::evaluate_function: ConvolutionBackward0",),
+    "BatchNorm2d forward": ("aten::batch_norm",),
+    "BatchNorm2d backward": ("autograd::engine::evaluate_function: NativeBatchNormBackward0",),
+    "ReLU forward": ("aten::relu_", "aten::relu"),
+    "ReLU backward": ("autograd::engine::evaluate_function: ReluBackward0",
+                      "autograd::engine::evaluate_function: ThresholdBackward0"),
+    "MaxPool2d forward": ("aten::max_pool2d",),
+    "MaxPool2d backward": ("autograd::engine::evaluate_function: MaxPool2DWithIndicesBackward0",),
+    "Linear forward": ("aten::linear",),
+    "Linear backward": ("autograd::engine::evaluate_function: AddmmBackward0",),
+    "Dropout forward": ("aten::dropout",),
+    "Dropout backward": ("autograd::engine::evaluate_function: MulBackward0",
+                         "autograd::engine::evaluate_function: NativeDropoutBackward0"),
+}
+
+
+def torch_profile_step(torch, step, repeats):
+    """Where a PyTorch step's time goes, in the parts of :func:`profile_step`:
+    ``torch.profiler`` over ``repeats`` steps (after the caller's warm-up), the CPU
+    time of the events in ``TORCH_PARTS``; seconds per step. The profiler's own cost
+    (microseconds per op) stays in "loss, SGD update and the rest"."""
+    import time
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        total = (time.perf_counter() - t0) / repeats
+    by_name = {e.key: e.cpu_time_total * 1e-6 / repeats for e in prof.key_averages()}
+    out = {part: sum(by_name.get(n, 0.0) for n in names) for part, names in TORCH_PARTS.items()}
+    out = {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+    out["loss, SGD update and the rest"] = total - sum(out.values())
+    out["total"] = total
+    return out
+
+
 def step_flops(model, batch, size):
     """Multiply-adds x 2 of one training step: every convolution and Linear layer's
     forward, dW and dx (no dx for the first layer, as in training)."""
@@ -190,6 +232,11 @@ def probe(spec):
         import torch
         step, _ = torch_step(torch, model, size, batch, classes, "cpu")
         del model
+    if spec.get("mode") == "profile":  # PyTorch's side of --profile (tinyvgg's: profile_step)
+        for _ in range(2):
+            step()
+        print(json.dumps({"profile_s": torch_profile_step(torch, step, spec["steps"])}))
+        return
     if spec.get("mode", "rss") == "rss":
         step()  # the first step creates the optimiser's buffers: measure a later one
         print(json.dumps({"rss_peak": C.rss_peak_of(step)}))
@@ -213,7 +260,8 @@ def main(argv=None):
     p.add_argument("--block-seconds", type=float, default=4.0, help="about how long one block of steps runs")
     p.add_argument("--only", default=None, help="comma-separated config keys to run")
     p.add_argument("--profile", action="store_true",
-                   help="also time each layer type's forward and backward inside tinyvgg's step")
+                   help="also time each layer type's forward and backward inside tinyvgg's step "
+                        "(and inside PyTorch's, with torch.profiler, when it is installed)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe:
@@ -265,6 +313,10 @@ def main(argv=None):
         if args.profile:
             row["profile_s"] = profile_step(name, size, width, batch, classes, hidden, batch_norm,
                                             repeats=2 if args.quick else 5)
+            if torch is not None:
+                r = C.run_probe(script, {"config": list(cfg), "lib": "torch", "mode": "profile",
+                                         "steps": 2 if args.quick else 5})
+                row["torch_profile_s"] = r and r["profile_s"]
         if rss_mode == "all":
             for lib in libs:
                 r = C.run_probe(script, {"config": list(cfg), "lib": lib})
@@ -320,15 +372,32 @@ def markdown(payload):
               "buffers).", ""]
     prof = [r for r in rows if "profile_s" in r]
     if prof:
-        lines += ["## Profile: where tinyvgg's step goes (ms per step, % of the step)", "",
+        title = ("where tinyvgg's step goes, and PyTorch's" if any(r.get("torch_profile_s") for r in prof)
+                 else "where tinyvgg's step goes")
+        lines += [f"## Profile: {title} (ms per step, % of tinyvgg's step)", "",
                   "Each layer's forward and backward timed by wrapping it, grouped by layer type; "
                   "the default configuration (worker threads on).", ""]
+        if any(r.get("torch_profile_s") for r in prof):
+            lines += ["PyTorch's column: `torch.profiler` over the same number of steps in its own "
+                      "process, the CPU time of each layer type's top-level forward op and backward "
+                      "autograd node (`TORCH_PARTS` in the script); the profiler's own cost stays in "
+                      "the last row. \"gap\" = tinyvgg's ms minus PyTorch's: where the step's "
+                      "difference comes from.", ""]
         for r in prof:
-            p = r["profile_s"]
+            p, tp = r["profile_s"], r.get("torch_profile_s")
             lines += [f"**{r['model']}{'-BN' if r['batch_norm'] else ''} @{r['input_size']} w{r['width']:g}, "
-                      f"hidden {r['hidden']}, batch {r['batch']}**: {p['total'] * 1e3:.0f} ms", ""]
-            lines += [C.table(["part", "ms", "%"], [[k, C.fmt_ms(v), f"{100 * v / p['total']:.1f}%"]
-                                                    for k, v in p.items() if k != "total"]), ""]
+                      f"hidden {r['hidden']}, batch {r['batch']}**: {p['total'] * 1e3:.0f} ms"
+                      + (f" (PyTorch, profiled: {tp['total'] * 1e3:.0f} ms)" if tp else ""), ""]
+            if not tp:
+                lines += [C.table(["part", "ms", "%"], [[k, C.fmt_ms(v), f"{100 * v / p['total']:.1f}%"]
+                                                        for k, v in p.items() if k != "total"]), ""]
+                continue
+            parts = [k for k in p if k != "total"] + [k for k in tp if k not in p and k != "total"]
+            trs = [[k, C.fmt_ms(p.get(k, 0.0)), f"{100 * p.get(k, 0.0) / p['total']:.1f}%",
+                    C.fmt_ms(tp.get(k, 0.0)), C.fmt_ms(p.get(k, 0.0) - tp.get(k, 0.0))] for k in parts]
+            trs.append(["total", C.fmt_ms(p["total"]), "100%", C.fmt_ms(tp["total"]),
+                        C.fmt_ms(p["total"] - tp["total"])])
+            lines += [C.table(["part", "ms", "%", "PyTorch ms", "gap ms"], trs), ""]
     lines += ["## Targets", ""]
     if payload["quick"]:
         lines += ["(quick run: tiny networks, so these lines only show the report works)", ""]
