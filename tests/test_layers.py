@@ -182,6 +182,29 @@ def test_relu_gradient_at_zero_is_zero():
     np.testing.assert_array_equal(r.backward(np.array([1.0, 1.0, 1.0])), [0.0, 0.0, 1.0])
 
 
+@pytest.mark.parametrize("shape,channels_last", [((2, 3, 4, 5), False),          # the plain version
+                                                  ((64, 16, 32, 32), True),        # fast path, worker threads
+                                                  ((64, 16, 32, 32), False)])
+def test_relu_in_place_writes_over_its_input_and_gives_the_same_numbers(shape, channels_last):
+    """``ReLU(inplace=True)`` returns x itself, holding max(x, 0), with the gradient
+    of the out-of-place ReLU (same mask, ties at 0 included), on both paths."""
+    r = np.random.default_rng(0)
+    x = r.standard_normal(shape).astype(np.float32)
+    x[(0,) * x.ndim] = 0.0  # a tie at the kink
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    dy = r.standard_normal(shape).astype(np.float32)
+    plain, inplace = L.ReLU(), L.ReLU(inplace=True)
+    y = plain.forward(x, train=True)
+    x_before = x.copy()
+    y_in = inplace.forward(x, train=True)
+    assert y_in is x                                   # the input array, overwritten
+    np.testing.assert_array_equal(y_in, y)
+    np.testing.assert_array_equal(y, np.maximum(x_before, 0))
+    np.testing.assert_array_equal(inplace.backward(dy), plain.backward(dy))
+    assert repr(inplace) == "ReLU(inplace=True)" and repr(plain) == "ReLU()"
+
+
 def lrn_loop(x, size, alpha, beta, k):
     """PyTorch/Caffe definition, written out channel by channel."""
     y = np.empty_like(x)

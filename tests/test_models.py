@@ -586,6 +586,30 @@ def test_model_hooks_observe_every_layer_without_changing_anything():
     assert w.ys == {}
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_the_models_in_place_relus_change_no_number(batch_norm):
+    """The VGG models' ReLUs run in place (as torchvision's): logits, input gradient
+    and every parameter gradient equal those of the same model with out-of-place
+    ReLUs, in training and in evaluation."""
+    def build():
+        backend.seed(0)
+        return vgg("vgg11", num_classes=4, input_size=32, width=1 / 16, hidden=16, dropout=0.0,
+                   batch_norm=batch_norm)
+    fast, slow = build(), build()
+    relus = [l for l in slow.layers if isinstance(l, ReLU)]
+    assert len(relus) == 10 and all(l.inplace for l in relus)  # 8 in the features, 2 in the classifier
+    for l in relus:
+        l.inplace = False
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    dlogits = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
+    for train in (False, True):  # evaluation, then the training pass backward runs through
+        np.testing.assert_array_equal(fast.forward(x, train=train), slow.forward(x, train=train))
+    np.testing.assert_array_equal(fast.backward(dlogits), slow.backward(dlogits))
+    for (name, a), (_, b) in zip(fast.named_layers(), slow.named_layers()):
+        for k in a.grads:
+            np.testing.assert_array_equal(a.grads[k], b.grads[k], err_msg=f"{name}.{k}")
+
+
 def test_b_5x5_is_b_with_each_pair_of_3x3_replaced_by_one_5x5():
     """Section 4.1's shallow net: B's five blocks of two 3x3 convolutions, each one 5x5
     (padding 2, the same output size and receptive field), and its exact count at 224:

@@ -251,9 +251,23 @@ class MaxPool2d(Layer):
 class ReLU(Layer):
     """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0).
 
+    ``ReLU(inplace=False)``, PyTorch's option: ``inplace=True`` writes y over x and
+    returns x itself, saving a new output array and one pass over memory (measured:
+    ``benchmarks/bench_train.py --profile``). The caller must not need x afterwards:
+    the VGG models use it, as torchvision's do, since no layer before a ReLU keeps
+    its own output for its backward pass. A hook (``model.add_hook``) that keeps the
+    output of the layer before a ReLU must copy it.
+
     Fast path: a large NumPy input stored C-contiguous or channels-last is cut into
     slices of its memory that run on the worker threads; the output is stored
     like the input."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
     def forward(self, x, train=False):
         self._check_input(x)
@@ -261,8 +275,10 @@ class ReLU(Layer):
         flat = _memory_order(x)
         if flat is None:  # the plain version
             self._cache = x > 0
-            return xp.maximum(x, x.dtype.type(0))  # not x * mask: that gives -0.0 for negative x
-        y, mask = xp.empty_like(x), xp.empty_like(x, dtype=bool)  # stored like x
+            # not x * mask: that gives -0.0 for negative x
+            return xp.maximum(x, x.dtype.type(0), out=x if self.inplace else None)
+        y = x if self.inplace else xp.empty_like(x)  # stored like x
+        mask = xp.empty_like(x, dtype=bool)
         yf, mf = _memory_order(y), _memory_order(mask)
 
         def task(i, a, b):

@@ -264,7 +264,9 @@ def _build_layer(kind, args, dtype):
         return BatchNorm2d(dtype=dtype, **args)
     if kind == "linear":
         return Linear(dtype=dtype, **args)
-    return {"relu": ReLU, "lrn": LocalResponseNorm, "maxpool": MaxPool2d, "flatten": Flatten,
+    if kind == "relu":  # in place, as torchvision's VGG: nothing before a ReLU keeps its output
+        return ReLU(inplace=True, **args)
+    return {"lrn": LocalResponseNorm, "maxpool": MaxPool2d, "flatten": Flatten,
             "dropout": Dropout}[kind](**args)
 
 
@@ -373,7 +375,9 @@ class _Sequential:
         object with either or both of ``after_forward(name, layer, y, train)``
         (called with each layer's output y) and ``before_backward(name, layer, dy)``
         (called with the gradient dy reaching each layer's output). The training
-        doctor records its statistics this way. Returns ``hook``; remove it with
+        doctor records its statistics this way. The ReLUs run in place, so the
+        output of the layer before a ReLU is overwritten by it: a hook that keeps
+        an output must copy it. Returns ``hook``; remove it with
         :meth:`remove_hook`. The layers themselves are never modified."""
         if not self._hooks:
             self._hooks = []
