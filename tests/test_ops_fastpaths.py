@@ -260,6 +260,29 @@ def test_parallel_run_raises_a_task_error_and_restores_blas(threads):
     assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == before
 
 
+@pytest.mark.parametrize("caller_runs_a_task", [True, False])
+def test_parallel_run_runs_every_task_once_and_waits_for_all(threads, monkeypatch, caller_runs_a_task):
+    """Every task runs exactly once; the calling thread takes the last one (or none);
+    an error in the caller's task is raised only after the workers' tasks finished."""
+    import threading
+    import time
+    monkeypatch.setattr(parallel, "CALLER_RUNS_A_TASK", caller_runs_a_task)
+    ran, lock = [], threading.Lock()
+
+    def task(i):
+        if i == 0:
+            time.sleep(0.05)  # a slow worker task
+        with lock:
+            ran.append((i, threading.current_thread() is threading.main_thread()))
+        if i == 3:
+            raise RuntimeError("the last task failed")
+    with pytest.raises(RuntimeError, match="last task"):
+        parallel.run(task, [(0,), (1,), (2,), (3,)], np)
+    assert sorted(i for i, _ in ran) == [0, 1, 2, 3]            # each once, and all before the raise
+    on_caller = [i for i, main in ran if main]
+    assert on_caller == ([3] if caller_runs_a_task else [])
+
+
 @pytest.mark.parametrize("name", sorted(conv_mod.OPTIMISATIONS))
 @pytest.mark.parametrize("route", ["wide_3x3_same", "compact_small_map", "first_layer_c_much_smaller_than_f"])
 def test_each_optimisation_switched_off_still_matches_reference(name, route, monkeypatch, layout):

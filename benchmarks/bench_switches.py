@@ -1,0 +1,110 @@
+"""Speed switches of the CPU path, each on against off: one training step, in one process.
+
+    python benchmarks/bench_switches.py            # a few minutes on 2 cores
+    python benchmarks/bench_switches.py --quick    # smoke run, seconds
+
+The switches (each measured with the others at their defaults):
+
+- ``relu_inplace``: the VGG models' ReLUs write over their input (``ReLU.inplace``,
+  as torchvision's) instead of returning a new array;
+- ``caller_runs_a_task``: :func:`tinyvgg.ops.cpu.parallel.run` runs the last task
+  of an op on the calling thread instead of handing every task to a worker
+  (``parallel.CALLER_RUNS_A_TASK``).
+
+The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed in
+blocks of steps that alternate between the switch off and on, for ``--rounds``
+rounds, so both see the same process, memory and machine load (separate processes
+differed by up to 15 % between runs of the same code on the 2-core VMs). Reported:
+median step time of each and the ratio. Results go to
+``<out>/bench_switches.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import _common as C  # noqa: E402  (puts the repo root on sys.path)
+import numpy as np
+
+from bench_train import tinyvgg_step  # noqa: E402
+
+# (key, model, input size, width, batch, classes, hidden, batch_norm)
+CONFIGS = [("vgg11-32-w0.25-h128", "vgg11", 32, 0.25, 64, 10, 128, False),
+           ("vgg11-bn-32-w0.25", "vgg11", 32, 0.25, 64, 10, 1024, True),
+           ("vgg11-32-w1-h512", "vgg11", 32, 1.0, 64, 10, 512, False)]
+QUICK = [("vgg11-bn-32-w1/16", "vgg11", 32, 1 / 16, 8, 10, 64, True)]
+
+
+def _relu_inplace(model, on):
+    from tinyvgg.layers import ReLU
+    for layer in model.layers:
+        if isinstance(layer, ReLU):
+            layer.inplace = on
+
+
+def _caller_runs_a_task(model, on):
+    from tinyvgg.ops.cpu import parallel
+    parallel.CALLER_RUNS_A_TASK = on
+
+
+SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task}
+
+
+def measure(cfg, switch, rounds, block):
+    """{on: [step seconds]} over blocks of ``block`` steps alternating ``switch`` off and on."""
+    _, name, size, width, batch, classes, hidden, bn = cfg
+    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, bn)
+    times = {False: [], True: []}
+    for _ in range(2):
+        step()
+    try:
+        for _ in range(rounds):
+            for on in (False, True):
+                SWITCHES[switch](model, on)
+                step()  # the first step after a switch: buffers of the new sizes
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    step()
+                    times[on].append(time.perf_counter() - t0)
+    finally:
+        SWITCHES[switch](model, True)  # both switches are on by default
+    return times
+
+
+def main(argv=None):
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 8; 1 with --quick)")
+    args = p.parse_args(argv)
+    if args.device != "cpu":
+        raise SystemExit("bench_switches: a CPU benchmark")
+    args.no_torch = True
+    _, _, _, info = C.start(args)
+    rounds = args.rounds or (1 if args.quick else 8)
+    rows = []
+    for switch in SWITCHES:
+        for cfg in (QUICK if args.quick else CONFIGS):
+            block = 2 if args.quick else (2 if cfg[3] >= 1 else 5)
+            t = measure(cfg, switch, rounds, block)
+            off, on = C.median(t[False]), C.median(t[True])
+            rows.append({"switch": switch, "config": cfg[0], "hidden": cfg[6], "batch_norm": cfg[7],
+                         "off_s": off, "on_s": on, "ratio": on / off, "steps_each": len(t[True])})
+            print(f"{switch:20s} {cfg[0]:22s} off {off * 1e3:7.1f} ms  on {on * 1e3:7.1f} ms  "
+                  f"ratio {on / off:.3f}", flush=True)
+    info["loadavg_at_end"] = C.loadavg()
+    lines = ["# Speed switches on against off: one training step, blocks alternating in one process", ""]
+    if args.quick:
+        lines += ["**Quick (smoke) run: tiny network, not the benchmark's numbers.**", ""]
+    lines += C.machine_lines(info) + [
+        f"- command: `python benchmarks/bench_switches.py{' --quick' if args.quick else ''}`, "
+        f"{rounds} rounds; medians", ""]
+    lines += [C.table(["switch", "network", "hidden", "off ms", "on ms", "on / off", "steps each"],
+                      [[r["switch"], r["config"], r["hidden"], C.fmt_ms(r["off_s"]), C.fmt_ms(r["on_s"]),
+                        f"{r['ratio']:.3f}", r["steps_each"]] for r in rows])]
+    C.write_results(args.out, "bench_switches",
+                    {"benchmark": "bench_switches", "quick": args.quick, "machine": info, "rows": rows},
+                    "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
