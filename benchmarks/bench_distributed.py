@@ -416,10 +416,16 @@ def markdown(r, args):
         lines += [f"MPI on this machine ({p2['library']}): allreduce of 64 MiB at "
                   f"{p2['mpi_bandwidth_bytes_s'] / 1e9:.2f} GB/s bus bandwidth, a 8-byte allreduce takes "
                   f"{p2['mpi_latency_s'] * 1e6:.1f} us.", ""]
-    lines += ["The machine has 2 cores shared with other jobs, so P = 2 cannot show more than 2x and "
-              "shows less; the P = 1 row with two BLAS threads is the other way to use both cores (on this "
-              "busy machine it measured slower than one thread). Every number here moves from run to run "
-              "with the other jobs' load.", ""]
+    lines += ["The machine has 2 cores, possibly shared with other jobs, so P = 2 cannot show more than "
+              "2x; the P = 1 row with two threads is the other way to use both cores (tinyvgg's worker "
+              "threads, BLAS single-threaded in each). Every number here moves from run to run with the "
+              "machine's load.", ""]
+    t2 = r["runs"].get("P=1, 2 threads")
+    if p2 and t2 and base:
+        lines += [f"Here two ranks ran {p2['images_per_s'] / base['images_per_s']:.2f}x one rank's images/s "
+                  f"and two threads in one process {t2['images_per_s'] / base['images_per_s']:.2f}x: the "
+                  f"threads leave {100 * (1 - t2['images_per_s'] / p2['images_per_s']):.0f} % of what two "
+                  f"processes get unused.", ""]
     if r["vgg16_cpu"]:
         v = r["vgg16_cpu"]
         gf = 3 * 2 * r["vgg16_forward_macs"] / v["fwd_bwd_s"] / 1e9
