@@ -252,12 +252,12 @@ class ReLU(Layer):
     """``y = max(x, 0)``, any shape. The gradient passes where x > 0 (at x == 0 it is 0).
 
     ``ReLU(inplace=False)``, PyTorch's option: ``inplace=True`` writes y over x and
-    returns x itself, saving a new output array (one activation's memory) and a pass
-    over memory (``benchmarks/bench_switches.py``: VGG-11 width-1/4 training steps
-    0.93-1.02x, within the 2-core test machine's noise). The caller must not need x afterwards:
-    the VGG models use it, as torchvision's do, since no layer before a ReLU keeps
-    its own output for its backward pass. A hook (``model.add_hook``) that keeps the
-    output of the layer before a ReLU must copy it.
+    returns x itself, saving a new output array (one activation's memory) and a
+    pass over memory (``benchmarks/bench_switches.py``: VGG-11 width-1/4 training
+    steps 0.93-1.02x, within the 2-core test machine's noise). The caller must not
+    need x afterwards: the VGG models use it, as torchvision's do, since no layer
+    before a ReLU keeps its own output for its backward pass. A hook
+    (``model.add_hook``) that keeps the output of the layer before a ReLU must copy it.
 
     Fast path: a large NumPy input stored C-contiguous or channels-last is cut into
     slices of its memory that run on the worker threads; the output is stored

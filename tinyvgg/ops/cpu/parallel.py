@@ -161,18 +161,14 @@ def run(fn, tasks, xp=None, threads=True):
         for t in tasks:
             fn(*t)
         return
-    if not CALLER_RUNS_A_TASK:
-        futures = [ex.submit(fn, *t) for t in tasks]
-        wait(futures)  # all of them, even when one fails
-        for f in futures:
-            f.result()  # raises the first task's exception, if any
-        return
-    futures = [ex.submit(fn, *t) for t in tasks[:-1]]
+    mine = tasks[-1] if CALLER_RUNS_A_TASK else None  # the calling thread's task, instead of waiting idle
+    futures = [ex.submit(fn, *t) for t in (tasks if mine is None else tasks[:-1])]
     error = None
-    try:
-        fn(*tasks[-1])  # the calling thread takes the last task instead of waiting idle
-    except BaseException as e:  # raised after the others, as if it had run on a worker
-        error = e
+    if mine is not None:
+        try:
+            fn(*mine)
+        except BaseException as e:  # raised after the workers' tasks, as if it had run on one
+            error = e
     wait(futures)  # all of them, even when one fails
     for f in futures:
         f.result()  # raises the first task's exception, if any
