@@ -4,8 +4,8 @@ Every row of README.md's tables that points at a committed run folder
 (``experiments/results/<run>/`` holding ``metrics.json`` and ``config.json``) must
 quote that run's validation accuracy, its number of epochs and its minutes of
 training as ``metrics.json`` records them, and its command must ask for the model,
-width, BatchNorm and epochs that ``config.json`` says the run used. A run re-made
-without updating the README (or the other way round) fails here.
+width, BatchNorm, epochs, seed and label smoothing that ``config.json`` says the run
+used. A run re-made without updating the README (or the other way round) fails here.
 """
 
 import json
@@ -65,3 +65,4 @@ def test_a_quoted_run_matches_its_metrics_and_config(row, folder):
     assert int(value("--epochs")) == config["epochs"]
     assert ("--batch-norm" in args) == bool(config["batch_norm"])
     assert int(value("--seed")) == config["seed"]
+    assert float(value("--label-smoothing") or 0.0) == config["label_smoothing"]

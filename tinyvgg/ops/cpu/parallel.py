@@ -44,9 +44,9 @@ __all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_w
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
 MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth another worker
 # The calling thread runs the last task itself instead of waiting idle for the workers:
-# one hand-off less per op (about 95 us for two empty tasks on a 2-core VM). Measured
-# with benchmarks/bench_switches.py (one process, blocks alternating; 2-core AMD EPYC):
-# VGG-11 width-1/4 steps 0.92-1.01x, width 1 0.98-1.02x, within that machine's noise.
+# one hand-off to a worker less per op. Measured with benchmarks/bench_switches.py (one
+# process, blocks alternating; two runs on a 2-core AMD EPYC): VGG-11 width-1/4 steps
+# 0.96-1.01x, width 1 1.02x, within that machine's noise.
 # False: every task goes to a worker (kept for that measurement).
 CALLER_RUNS_A_TASK = True
 
