@@ -2,6 +2,7 @@
 
     python benchmarks/bench_switches.py            # a few minutes on 2 cores
     python benchmarks/bench_switches.py --quick    # smoke run, seconds
+    python benchmarks/bench_switches.py --switches blocked_sgd_update   # one switch
 
 The switches (each measured with the others at their defaults):
 
@@ -9,7 +10,10 @@ The switches (each measured with the others at their defaults):
   as torchvision's) instead of returning a new array;
 - ``caller_runs_a_task``: :func:`tinyvgg.ops.cpu.parallel.run` runs the last task
   of an op on the calling thread instead of handing every task to a worker
-  (``parallel.CALLER_RUNS_A_TASK``).
+  (``parallel.CALLER_RUNS_A_TASK``);
+- ``blocked_sgd_update``: SGD updates the parameters block by block
+  (``tinyvgg.optim.UPDATE_BLOCK`` values at a time, on the worker threads) instead
+  of one whole parameter array at a time (``UPDATE_BLOCK = 0``, the simple version).
 
 The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed in
 blocks of steps that alternate between the switch off and on, for ``--rounds``
@@ -32,7 +36,8 @@ from bench_train import tinyvgg_step  # noqa: E402
 # (key, model, input size, width, batch, classes, hidden, batch_norm)
 CONFIGS = [("vgg11-32-w0.25-h128", "vgg11", 32, 0.25, 64, 10, 128, False),
            ("vgg11-bn-32-w0.25", "vgg11", 32, 0.25, 64, 10, 1024, True),
-           ("vgg11-32-w1-h512", "vgg11", 32, 1.0, 64, 10, 512, False)]
+           ("vgg11-32-w1-h512", "vgg11", 32, 1.0, 64, 10, 512, False),
+           ("vgg11-32-w1", "vgg11", 32, 1.0, 64, 10, 4096, False)]
 QUICK = [("vgg11-bn-32-w1/16", "vgg11", 32, 1 / 16, 8, 10, 64, True)]
 
 
@@ -48,7 +53,19 @@ def _caller_runs_a_task(model, on):
     parallel.CALLER_RUNS_A_TASK = on
 
 
-SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task}
+def _blocked_sgd_update(model, on):
+    from tinyvgg import optim
+    optim.UPDATE_BLOCK = _DEFAULT_BLOCK if on else 0
+
+
+def _default_block():
+    from tinyvgg import optim
+    return optim.UPDATE_BLOCK
+
+
+_DEFAULT_BLOCK = _default_block()
+SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
+            "blocked_sgd_update": _blocked_sgd_update}
 
 
 def measure(cfg, switch, rounds, block):
@@ -68,21 +85,26 @@ def measure(cfg, switch, rounds, block):
                     step()
                     times[on].append(time.perf_counter() - t0)
     finally:
-        SWITCHES[switch](model, True)  # both switches are on by default
+        SWITCHES[switch](model, True)  # every switch is on by default
     return times
 
 
 def main(argv=None):
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 8; 1 with --quick)")
+    p.add_argument("--switches", default=None, help=f"comma-separated, of: {', '.join(SWITCHES)} (default all)")
     args = p.parse_args(argv)
+    chosen = args.switches.split(",") if args.switches else list(SWITCHES)
+    unknown = [s for s in chosen if s not in SWITCHES]
+    if unknown:
+        p.error(f"unknown switch {', '.join(unknown)}; choose from {', '.join(SWITCHES)}")
     if args.device != "cpu":
         raise SystemExit("bench_switches: a CPU benchmark")
     args.no_torch = True
     _, _, _, info = C.start(args)
     rounds = args.rounds or (1 if args.quick else 8)
     rows = []
-    for switch in SWITCHES:
+    for switch in chosen:
         for cfg in (QUICK if args.quick else CONFIGS):
             block = 2 if args.quick else (2 if cfg[3] >= 1 else 5)
             t = measure(cfg, switch, rounds, block)
@@ -96,7 +118,8 @@ def main(argv=None):
     if args.quick:
         lines += ["**Quick (smoke) run: tiny network, not the benchmark's numbers.**", ""]
     lines += C.machine_lines(info) + [
-        f"- command: `python benchmarks/bench_switches.py{' --quick' if args.quick else ''}`, "
+        f"- command: `python benchmarks/bench_switches.py{' --quick' if args.quick else ''}"
+        f"{' --switches ' + args.switches if args.switches else ''}`, "
         f"{rounds} rounds; medians", ""]
     lines += [C.table(["switch", "network", "hidden", "off ms", "on ms", "on / off", "steps each"],
                       [[r["switch"], r["config"], r["hidden"], C.fmt_ms(r["off_s"]), C.fmt_ms(r["on_s"]),

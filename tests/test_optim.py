@@ -198,3 +198,55 @@ def test_one_cycle_bad_arguments(kw, pattern):
     from tinyvgg.optim import OneCycleLR
     with pytest.raises(ValueError, match=pattern):
         OneCycleLR(SGD(OneLayer(), lr=0.1), **kw)
+
+
+class Arrays:
+    """A 'model' made of the given parameter arrays; gradients set by the test."""
+
+    def __init__(self, params):
+        self.params, self.grads = params, {}
+
+    def named_parameters(self):
+        for k, p in self.params.items():
+            yield k, p, self.grads.get(k)
+
+
+def _blocked_model():
+    rng = np.random.default_rng(3)
+    return Arrays({"fc.weight": rng.standard_normal((300, 250)).astype(np.float32),  # shared by 2 threads
+                   "conv.weight": rng.standard_normal((13, 11)).astype(np.float32),  # 143: not a whole block
+                   "bn.bias": rng.standard_normal(5).astype(np.float32),              # 1-D
+                   "head.weight": rng.standard_normal((40, 25)),                      # float64
+                   "t.weight": rng.standard_normal((4, 6)).astype(np.float32).T})     # not contiguous
+
+
+@pytest.mark.parametrize("kw", [dict(momentum=0.9, nesterov=True, weight_decay=5e-4, decay_bias_and_norm=False),
+                                dict(momentum=0.9, weight_decay=1e-2),
+                                dict(momentum=0.0, weight_decay=0.0)])
+def test_blocked_update_equals_the_simple_version_bit_for_bit(monkeypatch, kw):
+    """SGD's fast path on NumPy (blocks of UPDATE_BLOCK values, shared between the
+    worker threads) against the simple version on whole arrays (UPDATE_BLOCK = 0):
+    the same parameters and momentum buffers after three steps, exactly."""
+    from tinyvgg import optim
+
+    def run(block):
+        monkeypatch.setattr(optim, "UPDATE_BLOCK", block)
+        m = _blocked_model()
+        opt = SGD(m, lr=0.05, **kw)
+        rng = np.random.default_rng(4)
+        for _ in range(3):
+            m.grads = {k: rng.standard_normal(p.shape).astype(p.dtype) for k, p in m.params.items()}
+            opt.step()
+        return m.params, opt.buffers
+
+    simple_params, simple_buffers = run(0)
+    for block in (8, 1 << 16):
+        params, buffers = run(block)
+        for k in simple_params:
+            assert params[k].dtype == simple_params[k].dtype
+            np.testing.assert_array_equal(params[k], simple_params[k], err_msg=f"{k}, block {block}")
+        assert buffers.keys() == simple_buffers.keys()
+        for k in simple_buffers:
+            np.testing.assert_array_equal(buffers[k], simple_buffers[k], err_msg=f"{k}, block {block}")
+    moved = run(8)[0]["fc.weight"] - _blocked_model().params["fc.weight"]
+    assert np.all(moved != 0)  # every block was updated, none skipped
