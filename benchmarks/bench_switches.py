@@ -19,8 +19,8 @@ The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed 
 blocks of steps that alternate between the switch off and on, for ``--rounds``
 rounds, so both see the same process, memory and machine load (separate processes
 differed by up to 15 % between runs of the same code on the 2-core VMs). Reported:
-median step time of each and the ratio. Results go to
-``<out>/bench_switches.{json,md}``.
+median step time of each and the ratio, and the time of the SGD update within those
+steps. Results go to ``<out>/bench_switches.{json,md}``.
 """
 
 from __future__ import annotations
@@ -69,24 +69,36 @@ SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_
 
 
 def measure(cfg, switch, rounds, block):
-    """{on: [step seconds]} over blocks of ``block`` steps alternating ``switch`` off and on."""
+    """``(steps, updates)``: {on: [seconds]} of whole steps and of the SGD update
+    within them, over blocks of ``block`` steps alternating ``switch`` off and on."""
+    from tinyvgg.optim import SGD
     _, name, size, width, batch, classes, hidden, bn = cfg
     step, model = tinyvgg_step(name, size, width, batch, classes, hidden, bn)
-    times = {False: [], True: []}
+    times, updates = {False: [], True: []}, {False: [], True: []}
+    sgd_step, timed = SGD.step, []
+
+    def timed_sgd_step(opt):
+        t0 = time.perf_counter()
+        sgd_step(opt)
+        timed.append(time.perf_counter() - t0)
     for _ in range(2):
         step()
+    SGD.step = timed_sgd_step
     try:
         for _ in range(rounds):
             for on in (False, True):
                 SWITCHES[switch](model, on)
                 step()  # the first step after a switch: buffers of the new sizes
                 for _ in range(block):
+                    timed.clear()
                     t0 = time.perf_counter()
                     step()
                     times[on].append(time.perf_counter() - t0)
+                    updates[on].append(sum(timed))
     finally:
+        SGD.step = sgd_step
         SWITCHES[switch](model, True)  # every switch is on by default
-    return times
+    return times, updates
 
 
 def main(argv=None):
@@ -107,12 +119,14 @@ def main(argv=None):
     for switch in chosen:
         for cfg in (QUICK if args.quick else CONFIGS):
             block = 2 if args.quick else (2 if cfg[3] >= 1 else 5)
-            t = measure(cfg, switch, rounds, block)
+            t, u = measure(cfg, switch, rounds, block)
             off, on = C.median(t[False]), C.median(t[True])
             rows.append({"switch": switch, "config": cfg[0], "hidden": cfg[6], "batch_norm": cfg[7],
-                         "off_s": off, "on_s": on, "ratio": on / off, "steps_each": len(t[True])})
+                         "off_s": off, "on_s": on, "ratio": on / off, "steps_each": len(t[True]),
+                         "update_off_s": C.median(u[False]), "update_on_s": C.median(u[True])})
             print(f"{switch:20s} {cfg[0]:22s} off {off * 1e3:7.1f} ms  on {on * 1e3:7.1f} ms  "
-                  f"ratio {on / off:.3f}", flush=True)
+                  f"ratio {on / off:.3f}  (SGD update {rows[-1]['update_off_s'] * 1e3:.1f} -> "
+                  f"{rows[-1]['update_on_s'] * 1e3:.1f} ms)", flush=True)
     info["loadavg_at_end"] = C.loadavg()
     lines = ["# Speed switches on against off: one training step, blocks alternating in one process", ""]
     if args.quick:
@@ -121,9 +135,12 @@ def main(argv=None):
         f"- command: `python benchmarks/bench_switches.py{' --quick' if args.quick else ''}"
         f"{' --switches ' + args.switches if args.switches else ''}`, "
         f"{rounds} rounds; medians", ""]
-    lines += [C.table(["switch", "network", "hidden", "off ms", "on ms", "on / off", "steps each"],
+    lines += [C.table(["switch", "network", "hidden", "off ms", "on ms", "on / off", "steps each",
+                       "SGD update off ms", "SGD update on ms"],
                       [[r["switch"], r["config"], r["hidden"], C.fmt_ms(r["off_s"]), C.fmt_ms(r["on_s"]),
-                        f"{r['ratio']:.3f}", r["steps_each"]] for r in rows])]
+                        f"{r['ratio']:.3f}", r["steps_each"], C.fmt_ms(r["update_off_s"]),
+                        C.fmt_ms(r["update_on_s"])] for r in rows])]
+    lines += ["", "`SGD update`: the time of `SGD.step()` within the same steps (part of the step time)."]
     C.write_results(args.out, "bench_switches",
                     {"benchmark": "bench_switches", "quick": args.quick, "machine": info, "rows": rows},
                     "\n".join(lines))
