@@ -43,9 +43,10 @@ __all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_w
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
 MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth another worker
-# The calling thread runs the last task itself instead of waiting idle for the workers:
-# one hand-off to a worker less per op. Measured with benchmarks/bench_switches.py (one
-# process, blocks alternating; two runs on a 2-core AMD EPYC): VGG-11 width-1/4 steps
+# The calling thread takes tasks like a worker instead of waiting idle for the workers:
+# one hand-off to a worker less per op (run() then uses workers() - 1 pool threads).
+# Measured with benchmarks/bench_switches.py (one process, blocks alternating; two runs
+# on a 2-core AMD EPYC, when the caller took only the last task): VGG-11 width-1/4 steps
 # 0.96-1.01x, width 1 1.02x, within that machine's noise.
 # False: every task goes to a worker (kept for that measurement).
 CALLER_RUNS_A_TASK = True
@@ -139,12 +140,16 @@ def sum_in_order(parts):
 def run(fn, tasks, xp=None, threads=True):
     """Call ``fn(*task)`` for every task of ``tasks``; return once all are done.
 
-    With ``threads``, more than one worker and NumPy arrays, the tasks run on the
-    worker threads and the calling thread, which takes the last task
-    (``CALLER_RUNS_A_TASK``; BLAS single-threaded, see the module notes); every
-    task finishes before an exception is raised, the first of the workers' tasks
-    first. Otherwise they run in order on the calling thread: a
-    small op, whose tasks cost less than handing them to another thread.
+    With ``threads``, more than one worker and NumPy arrays, the tasks run on at
+    most ``workers()`` threads at once (BLAS single-threaded, see the module
+    notes): each thread takes the next task not yet taken until none is left, and
+    the calling thread is one of them (``CALLER_RUNS_A_TASK``) instead of waiting
+    idle. So an op with more tasks than cores never has more of them in flight
+    than cores (each task's scratch buffers, a 224 x 224 image's columns among
+    them, exist once per core). Every task finishes before an exception is raised,
+    the exception of the first failing task in ``tasks`` order. Otherwise the tasks
+    run in order on the calling thread: a small op, whose tasks cost less than
+    handing them to another thread.
     """
     tasks = list(tasks)
     nw = workers()
@@ -161,19 +166,29 @@ def run(fn, tasks, xp=None, threads=True):
         for t in tasks:
             fn(*t)
         return
-    mine = tasks[-1] if CALLER_RUNS_A_TASK else None  # the calling thread's task, instead of waiting idle
-    futures = [ex.submit(fn, *t) for t in (tasks if mine is None else tasks[:-1])]
-    error = None
-    if mine is not None:
-        try:
-            fn(*mine)
-        except BaseException as e:  # raised after the workers' tasks, as if it had run on one
-            error = e
-    wait(futures)  # all of them, even when one fails
+    next_task, taken = iter(range(len(tasks))), threading.Lock()
+    errors = [None] * len(tasks)
+
+    def take_tasks():  # one thread's loop: the next task not yet taken, until none is left
+        while True:
+            with taken:
+                i = next(next_task, None)
+            if i is None:
+                return
+            try:
+                fn(*tasks[i])
+            except BaseException as e:  # raised once every task is done
+                errors[i] = e
+    helpers = min(len(tasks), nw) - (1 if CALLER_RUNS_A_TASK else 0)
+    futures = [ex.submit(take_tasks) for _ in range(helpers)]
+    if CALLER_RUNS_A_TASK:
+        take_tasks()
+    wait(futures)
     for f in futures:
-        f.result()  # raises the first task's exception, if any
-    if error is not None:
-        raise error
+        f.result()
+    for e in errors:
+        if e is not None:
+            raise e
 
 
 def matmul(a, b, out=None):
