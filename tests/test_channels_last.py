@@ -258,3 +258,44 @@ def test_conv2d_keeps_columns_only_when_training():
     dx_r, dw_r, _ = conv2d_backward_loop(np.ones(y.shape), x, layer.params["weight"], 1, 1)
     np.testing.assert_allclose(dx, dx_r, **TIGHT)
     np.testing.assert_allclose(layer.grads["weight"], dw_r, **TIGHT)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("keep", [0, 1 << 30])
+def test_bands_of_rows_when_one_image_is_over_the_budget(relu, keep, monkeypatch):
+    """When one image's columns alone are over chunk_bytes, a stride-1 'same'
+    convolution works on bands of output rows of one image (here 3 rows of 7, the
+    last band shorter), forward, dW and dx's convolution alike; the numbers are
+    the loop reference's, with or without the forward's columns kept."""
+    monkeypatch.setattr(cl, "KEEP_COLUMNS_BYTES", keep)
+    r = np.random.default_rng(11)
+    n, c, f, h, w = 3, 4, 5, 7, 6
+    x = as_channels_last(r.standard_normal((n, c, h, w)))
+    wt, b = r.standard_normal((f, c, 3, 3)), r.standard_normal(f)
+    row_bytes = 3 * 3 * max(c, f) * w * 8          # one output row's columns (dy's are wider: F > C)
+    budget = 3 * row_bytes + 7
+    g = cl._Geometry(x.shape, f, (3, 3), (1, 1), (1, 1), 8, budget)
+    cl._dx_geometry(g, wt.shape, budget, 8)
+    assert (g.chunk, g.band) == (1, 3) and [t[3:] for t in g.chunks()[:3]] == [(0, 3), (3, 6), (6, 7)]
+    assert len(g.chunks()) == n * 3
+    y, cache = conv2d_forward(x, wt, b, 1, 1, relu=relu, chunk_bytes=budget)
+    y_r = conv2d_forward_loop(np.asarray(x), wt, b, 1, 1)
+    if relu:
+        y_r = np.maximum(y_r, 0)
+    np.testing.assert_allclose(y, y_r, **TIGHT)
+    dy = r.standard_normal(y.shape)
+    dx, dw, db = conv2d_backward(dy, cache)
+    dy_r = dy * (y_r > 0) if relu else dy
+    dx_r, dw_r, db_r = conv2d_backward_loop(dy_r, np.asarray(x), wt, 1, 1)
+    np.testing.assert_allclose(dx, dx_r, **TIGHT)
+    np.testing.assert_allclose(dw, dw_r, **TIGHT)
+    np.testing.assert_allclose(db, db_r, **TIGHT)
+
+
+def test_no_bands_where_dx_could_not_share_them():
+    """Stride 2, or an output smaller than the input: whole images, however small the budget."""
+    for shape, f, stride, padding in [((2, 3, 8, 8), 4, (2, 2), (1, 1)), ((2, 3, 8, 8), 4, (1, 1), (0, 0))]:
+        g = cl._Geometry(shape, f, (3, 3), stride, padding, 8, 1)
+        assert g.band == g.oh and g.chunk == 1
+    g = cl._Geometry((2, 3, 8, 8), 4, (3, 3), (1, 1), (1, 1), 8, 1)
+    assert g.band == 1 and len(g.chunks()) == 2 * 8  # a 'same' convolution: one row per chunk

@@ -31,7 +31,11 @@ columns' rows ordered (i, j, c) instead of (c, i, j)::
 
 Chunks of images bound the columns' memory (``CHUNK_BYTES``) and run on the
 worker threads of :mod:`tinyvgg.ops.cpu.parallel` (copy and single-threaded
-product on each core), dW and db summed in chunk order as in :mod:`.conv`.
+product on each core), dW and db summed in chunk order as in :mod:`.conv`. When
+one image's columns alone are over the bound (64 channels at 224 x 224: 115 MB),
+a chunk is a band of output rows of one image instead: its columns need only the
+padded input rows under the band, and for a stride-1 convolution whose output is
+as large as its input (VGG's), dx's convolution of dy uses the same bands.
 When a layer's columns for the whole batch are small (``KEEP_COLUMNS_BYTES``,
 the narrow networks trained on CPUs), the forward pass keeps them for backward,
 which then does not build them again; larger ones are recomputed chunk by chunk
@@ -47,7 +51,10 @@ from . import parallel, scratch
 __all__ = ["conv2d_forward_cl", "conv2d_backward_cl", "ChannelsLastConvCache", "nhwc",
            "is_channels_last", "empty_like_layout"]
 
-CHUNK_BYTES = 48 << 20  # bound on one chunk's columns (at least one image is taken)
+# Bound on one chunk's columns: images, or a band of rows of one image when one image is
+# over it. Two chunks are in flight on two cores: 32 MB keeps a forward+backward of the
+# 224-pixel, 64-channel layer (batch 8) near 0.41 GB above its inputs.
+CHUNK_BYTES = 32 << 20
 KEEP_COLUMNS_BYTES = 32 << 20  # forward keeps a layer's columns for backward up to this (0: never)
 
 
@@ -74,8 +81,9 @@ def empty_like_layout(a, shape, dtype=None):
 
 
 class _Geometry:
-    """Sizes of one convolution: output size, K = KH*KW*C, images per chunk and
-    whether the chunks are worth the worker threads."""
+    """Sizes of one convolution: output size, K = KH*KW*C, images per chunk,
+    output rows per chunk (``band``: OH unless one image's columns are over the
+    budget) and whether the chunks are worth the worker threads."""
 
     def __init__(self, x_shape, f, kernel, stride, padding, itemsize, chunk_bytes=None):
         self.n, self.c, self.h, self.w = x_shape
@@ -87,43 +95,67 @@ class _Geometry:
         # a 1x1 convolution with stride 1 and no padding: the image is its own column matrix
         self.pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0)
         budget = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        by_memory = budget // (self.k * self.oh * self.ow * itemsize)
+        row_bytes = self.k * self.ow * itemsize               # the columns of one output row
+        by_memory = budget // (row_bytes * self.oh)
         self.tasks = parallel.split(2 * f * self.k * self.oh * self.ow * self.n, parallel.MIN_TASK_FLOPS)
         self.chunk = int(max(1, min(by_memory, -(-self.n // self.tasks))))
+        # Bands of output rows of one image, when that image's columns alone are over
+        # the budget and dx's convolution can take the same bands (see the module notes).
+        can_band = not self.pointwise and stride == (1, 1) and (self.oh, self.ow) == (self.h, self.w)
+        self.band = int(max(1, budget // row_bytes)) if (by_memory == 0 and can_band) else self.oh
 
     def chunks(self):
-        return [(i, n0, min(n0 + self.chunk, self.n))
-                for i, n0 in enumerate(range(0, self.n, self.chunk))]
+        """``[(i, n0, n1, r0, r1), ...]``: chunk i is output rows r0:r1 of images n0:n1
+        (all rows, or a band of one image)."""
+        out = []
+        for n0 in range(0, self.n, self.chunk):
+            for r0 in range(0, self.oh, self.band):
+                out.append((len(out), n0, min(n0 + self.chunk, self.n), r0, min(r0 + self.band, self.oh)))
+        return out
 
 
-def _padded(x, padding, xp):
-    """The chunk ``x`` (m, C, H, W), any layout, zero-padded as (m, Hp, Wp, C)."""
+def _band(a, n0, n1, r0, r1):
+    """Rows r0:r1 of images n0:n1 of ``a`` (N, OH, OW, F), C-contiguous, as a
+    (m*rows*OW, F) view (a chunk of chunks(): all rows, or a band of one image)."""
+    v = a[n0:n1, r0:r1]
+    assert v.flags.c_contiguous, "a band spans one image"
+    return v.reshape(-1, a.shape[-1])
+
+
+def _padded(x, padding, xp, rows=None):
+    """The chunk ``x`` (m, C, H, W), any layout, zero-padded as (m, Hp, Wp, C);
+    only padded rows ``rows = (p0, p1)`` of it, (m, p1 - p0, Wp, C), when given."""
     ph, pw = padding
     m, c, h, w = x.shape
-    out = scratch.take((m, h + 2 * ph, w + 2 * pw, c), x.dtype, xp)
-    if ph:
-        out[:, :ph] = 0
-        out[:, ph + h:] = 0
+    p0, p1 = (0, h + 2 * ph) if rows is None else rows
+    out = scratch.take((m, p1 - p0, w + 2 * pw, c), x.dtype, xp)
+    i0 = max(p0 - ph, 0)                     # the image's rows under the band: i0:i1,
+    i1 = max(min(p1 - ph, h), i0)
+    o0, o1 = i0 + ph - p0, i1 + ph - p0      # at out's rows o0:o1; zeros around them
+    out[:, :o0] = 0
+    out[:, o1:] = 0
     if pw:
-        out[:, ph:ph + h, :pw] = 0
-        out[:, ph:ph + h, pw + w:] = 0
-    out[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+        out[:, o0:o1, :pw] = 0
+        out[:, o0:o1, pw + w:] = 0
+    out[:, o0:o1, pw:pw + w] = x[:, :, i0:i1].transpose(0, 2, 3, 1)
     return out
 
 
-def _columns(x, g, xp):
-    """Columns of a chunk (m, C, H, W): a (m*OH*OW, KH*KW*C) scratch matrix."""
+def _columns(x, g, xp, rows=None):
+    """Columns of a chunk (m, C, H, W): a (m*OH*OW, KH*KW*C) scratch matrix; of its
+    output rows ``rows = (r0, r1)`` only, (m*(r1 - r0)*OW, KH*KW*C), when given."""
     if g.pointwise:
         return nhwc(x).reshape(-1, g.c)
     (kh, kw), (sh, sw) = g.kernel, g.stride
-    xpad = _padded(x, g.padding, xp)
+    r0, r1 = (0, g.oh) if rows is None else rows
+    xpad = _padded(x, g.padding, xp, (r0 * sh, (r1 - 1) * sh + kh))  # the padded rows they read
     m = xpad.shape[0]
     s_n, s_h, s_w, s_c = xpad.strides
-    # src[n, oh, ow, i, j, c] = xpad[n, oh*SH + i, ow*SW + j, c]
-    src = as_strided(xpad, (m, g.oh, g.ow, kh, kw, g.c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    # src[n, oh, ow, i, j, c] = xpad[n, (oh - r0)*SH + i, ow*SW + j, c]
+    src = as_strided(xpad, (m, r1 - r0, g.ow, kh, kw, g.c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
     cols = scratch.take(src.shape, x.dtype, xp)
     cols[...] = src
-    return cols.reshape(m * g.oh * g.ow, g.k)
+    return cols.reshape(m * (r1 - r0) * g.ow, g.k)
 
 
 def _rows_weight(weight):
@@ -133,10 +165,10 @@ def _rows_weight(weight):
     return xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(f, -1)
 
 
-def _conv_chunk(y2, x, wt, g, bias, relu, xp):
-    """y2 (m*OH*OW, F) = the convolution of the chunk x (m, C, H, W); returns the
-    chunk's columns."""
-    cols = _columns(x, g, xp)
+def _conv_chunk(y2, x, wt, g, bias, relu, xp, rows=None):
+    """y2 (m*OH*OW, F) = the convolution of the chunk x (m, C, H, W) (of its output
+    rows ``rows`` only, when given); returns the chunk's columns."""
+    cols = _columns(x, g, xp, rows)
     xp.matmul(cols, wt.T, out=y2)
     if bias is not None:
         y2 += bias
@@ -156,13 +188,15 @@ def _dx_geometry(g, weight_shape, chunk_bytes, itemsize):
     gt = _Geometry((g.n, f, g.oh, g.ow), c, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), itemsize,
                    chunk_bytes)
     g.chunk = min(g.chunk, gt.chunk)
+    if gt.band < gt.oh:  # dy's columns need bands: then OH = H, and g takes the same bands
+        g.band = min(g.band, gt.band)
     return gt
 
 
 class ChannelsLastConvCache(tuple):
     """What :func:`conv2d_forward_cl` hands to :func:`conv2d_backward_cl`:
     ``(x, weight, has_bias, stride, padding, relu_y, chunk_bytes, kept)``; ``kept``
-    maps each chunk ``(n0, n1)`` to the forward's columns (emptied by the first
+    maps each chunk ``(n0, n1, r0, r1)`` to the forward's columns (emptied by the first
     backward) or is None; backward recomputes the columns of a chunk from ``x``
     when they are not there."""
 
@@ -182,10 +216,10 @@ def conv2d_forward_cl(x, weight, bias, stride, padding, relu=False, chunk_bytes=
         _dx_geometry(g, weight.shape, chunk_bytes, x.dtype.itemsize)
     kept = {} if keep else None
 
-    def chunk(i, n0, n1):
-        cols = _conv_chunk(y[n0:n1].reshape(-1, f), x[n0:n1], wt, g, bias, relu, xp)
+    def chunk(i, n0, n1, r0, r1):
+        cols = _conv_chunk(_band(y, n0, n1, r0, r1), x[n0:n1], wt, g, bias, relu, xp, (r0, r1))
         if keep:
-            kept[n0, n1] = cols
+            kept[n0, n1, r0, r1] = cols
     parallel.run(chunk, g.chunks(), xp, threads=g.tasks > 1)
     y = y.transpose(0, 3, 1, 2)
     return y, ChannelsLastConvCache((x, weight, bias is not None, stride, padding,
@@ -215,11 +249,11 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
     dw_parts, db_parts = [None] * len(chunks), [None] * len(chunks)
     kept = kept or {}
 
-    def chunk(i, n0, n1):
-        dy2 = dy4[n0:n1].reshape(-1, f)                      # (m*OH*OW, F)
-        cols = kept.pop((n0, n1), None)                      # (m*OH*OW, K): the forward's,
+    def chunk(i, n0, n1, r0, r1):
+        dy2 = _band(dy4, n0, n1, r0, r1)                     # (m*OH*OW, F), or a band's rows
+        cols = kept.pop((n0, n1, r0, r1), None)              # (m*OH*OW, K): the forward's,
         if cols is None:                                     # or built again from x
-            cols = _columns(x[n0:n1], g, xp)
+            cols = _columns(x[n0:n1], g, xp, (r0, r1))
         dw_parts[i] = xp.matmul(cols.T, dy2)                 # dWt.T (K, F)
         if has_bias:  # ones @ dy2: BLAS sums the columns far faster than dy2.sum(axis=0)
             db_parts[i] = xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
@@ -227,8 +261,9 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
             return
         if as_conv:
             del cols  # its scratch buffer may now hold the columns of dy
-            _conv_chunk(dx[n0:n1].reshape(-1, c), dy4[n0:n1].transpose(0, 3, 1, 2), wt_flip, gt,
-                        None, False, xp)
+            rows = None if g.band == g.oh else (r0, r1)      # dx's rows: a band needs H = OH
+            dx2 = dx[n0:n1].reshape(-1, c) if rows is None else _band(dx, n0, n1, r0, r1)
+            _conv_chunk(dx2, dy4[n0:n1].transpose(0, 3, 1, 2), wt_flip, gt, None, False, xp, rows)
         else:
             dcols = xp.matmul(dy2, wt, out=None if g.pointwise else cols)  # (m*OH*OW, K)
             del cols

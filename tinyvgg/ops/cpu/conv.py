@@ -241,7 +241,8 @@ def conv2d_forward_fast(x, weight, bias=None, stride=1, padding=0, *, relu=False
     """``tinyvgg.ops.conv2d_forward`` for NumPy arrays: x (N, C, H, W), weight
     (F, C, KH, KW), bias (F,) or None -> ``(y (N, F, OH, OW), FastConvCache)``.
     ``relu=True`` fuses a ReLU; ``chunk_bytes`` overrides ``CHUNK_BYTES`` (1: one
-    image per chunk). ``x`` must not change in place before backward."""
+    image per chunk; on the channels-last path, one output row of one image for a
+    stride-1 'same' convolution, see :mod:`.channels_last`). ``x`` must not change in place before backward."""
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     f, _, kh, kw = weight.shape
