@@ -147,11 +147,12 @@ class SGD:
         """The fast path on NumPy: the same update on blocks of ``UPDATE_BLOCK`` values.
 
         The update reads and writes every value several times (five passes over the
-        scratch d, four over the buffer). On whole arrays each pass streams the
-        parameter through memory, and a VGG's 4096 x 4096 layer (64 MB) is far larger
-        than any cache; on a block, the passes after the first find the block in the
-        core's cache, so only w, g and v travel to and from memory once. Measured in
-        ``benchmarks/bench_switches.py``. The flattened parameters are cut into
+        scratch d, three over the momentum buffer, two over the weights). On whole
+        arrays each pass streams the parameter through memory, and a VGG's 4096 x 4096
+        layer (64 MB) is far larger than any cache; on a block, the passes after the
+        first find the block in the core's cache, so w, g and v travel to and from
+        memory once. Measured in ``benchmarks/bench_switches.py`` (results:
+        ``benchmarks/results/switch_blocked_sgd/``). The flattened parameters are cut into
         segments shared out between the worker threads by size, so a 16.8M-value
         layer does not leave the other core idle; each thread has its own scratch
         block."""
