@@ -214,6 +214,10 @@ def test_empty_validation_split_fails_before_training(tmp_path, capsys):
     (dict(scale=(40, 36)), "--scale must be S or S_MIN,S_MAX"),
     (dict(crop_padding=-1), "--crop-padding"),
     (dict(limit=0), "--limit must be a positive number"),
+    (dict(limit="5"), "--limit must be a positive number"),
+    (dict(batch_size="64"), "--batch-size must be a whole number of at least 1"),
+    (dict(val_size="0.1"), "--val-size must be a fraction"),
+    (dict(val_size=float("nan")), "--val-size must be a fraction"),
 ])
 def test_bad_settings_are_named_before_the_first_step(tmp_path, kw, words):
     data = write_classes(tmp_path / "data", {"cat": 4, "dog": 4})

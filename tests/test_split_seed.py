@@ -95,7 +95,7 @@ def test_split_seed_survives_the_saved_config():
 
 # -- 3. a bad split seed is named before anything is trained --------------------------------------
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3", float("nan"), float("inf")])
 def test_bad_split_seed_is_a_value_error_naming_the_option(folder, tmp_path, bad):
     with pytest.raises(ValueError, match="--split-seed must be a whole number of at least 0"):
         prepare_data(cfg_for(folder, tmp_path, val_size=VAL, split_seed=bad))

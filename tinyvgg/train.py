@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import signal
 import sys
 import time
@@ -179,8 +180,11 @@ def _native_size(ds):
 
 def _check_options(cfg):
     """The settings that make no sense whatever the data: ValueError naming the option."""
+    def number(v):  # a real number (a Python or NumPy one), not a bool or a string
+        return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
     def whole(v):
-        return not isinstance(v, bool) and float(v) == int(v)
+        return number(v) and float(v) == int(v)
 
     for opt, v, lo in (("--batch-size", cfg.batch_size, 1), ("--eval-batch-size", cfg.eval_batch_size, 1),
                        ("--crop-padding", cfg.crop_padding, 0)):
@@ -194,7 +198,7 @@ def _check_options(cfg):
     if cfg.limit is not None and (not whole(cfg.limit) or cfg.limit < 1):
         raise ValueError(f"--limit must be a positive number of images, got {cfg.limit!r}")
     vs = cfg.val_size
-    if vs <= 0 or (vs >= 1 and not whole(vs)):
+    if not number(vs) or vs <= 0 or (vs >= 1 and not whole(vs)):
         raise ValueError(f"--val-size must be a fraction in (0, 1) or a whole number of images "
                          f"(at least 1), got {vs!r}: training needs a validation set")
     if cfg.input_size is not None and (not whole(cfg.input_size) or cfg.input_size < 32
