@@ -36,6 +36,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,20 +50,36 @@ TARGET = 1.25
 PINNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None):
+def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None, ranks=None):
     """Images per second of each training epoch of ``python -m tinyvgg train`` (of the
-    checkout ``root``, default this one)."""
-    cmd = [sys.executable, "-m", "tinyvgg", "train", "--model", MODEL["model"], "--batch-norm",
+    checkout ``root``, default this one); with ``ranks``, of ``mpirun -n ranks python
+    -m tinyvgg train ... --data-parallel`` (the global batch is ``batch``)."""
+    launch = [] if not ranks else [mpirun(), "-n", str(ranks)]
+    cmd = [*launch, sys.executable, "-m", "tinyvgg", "train", "--model", MODEL["model"], "--batch-norm",
            "--width", str(MODEL["width"]), "--hidden", str(MODEL["hidden"]), "--epochs", str(epochs),
            "--dataset", "folder", "--data-dir", str(data_dir), "--limit", str(limit),
            "--val-size", "0.1", "--batch-size", str(batch), "--seed", "1", "--out", str(out)]
+    cmd += ["--data-parallel"] if ranks else []
     root = Path(root or C.REPO)
     env = dict(env, PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench_train_loop: tinyvgg train failed:\n{r.stderr[-3000:]}")
     with open(Path(out) / "history.csv") as f:
-        return [float(row["images_per_s"]) for row in csv.DictReader(f)], " ".join(cmd[1:])
+        rates = [float(row["images_per_s"]) for row in csv.DictReader(f)]
+    shown = cmd[len(launch) + 1:]
+    return rates, " ".join((["mpirun", "-n", str(ranks), "python"] if ranks else ["python"]) + shown)
+
+
+def mpirun():
+    """The MPI launcher beside this Python (the mpich wheel's), else the one on PATH."""
+    here = Path(sys.executable).parent
+    for name in ("mpirun", "mpiexec"):
+        if (here / name).is_file():
+            return str(here / name)
+        if shutil.which(name):
+            return shutil.which(name)
+    raise SystemExit("bench_train_loop: --ranks needs an MPI launcher (pip install mpi4py mpich)")
 
 
 def torch_loop(spec):
@@ -147,13 +164,17 @@ def measure(args, env, label):
     with tempfile.TemporaryDirectory(prefix="bench_train_loop_") as tmp:
         data_dir = quick_data(Path(tmp) / "data") if args.quick else Path(args.data_dir)
         for batch in args.batch_sizes:
-            tv, th, other, cmd = [], [], [], None
+            tv, th, other, dp, cmd = [], [], [], [], None
             for r in range(args.rounds):
                 rates, cmd = tinyvgg_run(data_dir, args.limit, batch, args.epochs, Path(tmp) / f"run{batch}_{r}", env)
                 tv.append(rates)
                 th.append(torch_run(data_dir, args.limit, batch, args.epochs, env)["images_per_s"])
                 msg = (f"[{label}] batch {batch} round {r + 1}: tinyvgg {rates[-1]:.0f} img/s, "
                        f"PyTorch loop {th[-1][-1]:.0f} img/s")
+                if args.ranks:
+                    dp.append(tinyvgg_run(data_dir, args.limit, batch, args.epochs, Path(tmp) / f"dp{batch}_{r}",
+                                          env, ranks=args.ranks))
+                    msg += f", tinyvgg train on {args.ranks} ranks {dp[-1][0][-1]:.0f} img/s"
                 if args.compare_root:
                     other.append(tinyvgg_run(data_dir, args.limit, batch, args.epochs,
                                              Path(tmp) / f"cmp{batch}_{r}", env, args.compare_root)[0])
@@ -164,6 +185,12 @@ def measure(args, env, label):
             row = {"batch": batch, "tinyvgg_images_per_s": steady_tv, "torch_images_per_s": steady_th,
                    "ratio": steady_th / steady_tv, "tinyvgg_epochs": tv, "torch_epochs": th,
                    "tinyvgg_command": cmd.replace(str(data_dir), "DATA").replace(tmp, "runs")}
+            if dp:
+                row["ranks"] = args.ranks
+                row["dp_images_per_s"] = float(np.median([x[0][-1] for x in dp]))
+                row["dp_ratio"] = steady_th / row["dp_images_per_s"]
+                row["dp_epochs"] = [x[0] for x in dp]
+                row["dp_command"] = dp[0][1].replace(str(data_dir), "DATA").replace(tmp, "runs")
             if other:
                 row["compare_images_per_s"] = float(np.median([x[-1] for x in other]))
                 row["compare_epochs"] = other
@@ -184,6 +211,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[64, 128])
     p.add_argument("--quick", action="store_true", help="smoke run on synthetic images")
+    p.add_argument("--ranks", type=int, default=0,
+                   help="also time `mpirun -n RANKS python -m tinyvgg train ... --data-parallel` (same global "
+                        "batch; each rank takes its share of the cores) in every round")
     p.add_argument("--compare-root", default=None,
                    help="another checkout whose `tinyvgg train` also runs in every round (e.g. the code before a change)")
     p.add_argument("--compare-label", default="before", help="its name in the report")
@@ -213,6 +243,7 @@ def main(argv=None):
                "compare": ({"root": args.compare_root, "label": args.compare_label, "commit": _commit(args.compare_root)}
                            if args.compare_root else None), "commit": _commit(C.REPO),
                "limit": args.limit, "epochs": args.epochs, "rounds": args.rounds, "target": TARGET,
+               "ranks": args.ranks or None,
                "results": results}
     md = markdown(payload)
     print()
@@ -256,15 +287,26 @@ def markdown(payload):
         cmp = payload.get("compare")
         trs = [[r["batch"], C.fmt_f(r["tinyvgg_images_per_s"]), C.fmt_f(r["torch_images_per_s"]),
                 C.fmt_x(r["ratio"])]
+               + ([C.fmt_f(r["dp_images_per_s"]), C.fmt_x(r["dp_ratio"])] if "dp_images_per_s" in r else [])
                + ([C.fmt_f(r["compare_images_per_s"]), C.fmt_x(r["tinyvgg_images_per_s"] / r["compare_images_per_s"])]
                   if cmp else []) for r in res["rows"]]
         headers = ["batch", "tinyvgg train img/s", "PyTorch loop img/s", "time ratio"]
+        ranks = payload.get("ranks")
+        if ranks:
+            headers += [f"tinyvgg train, {ranks} MPI ranks img/s", f"time ratio ({ranks} ranks)"]
         if cmp:
             headers += [f"{cmp['label']} ({cmp['commit']}) img/s", f"speed-up over {cmp['label']}"]
         lines += [C.table(headers, trs), ""]
         for r in res["rows"]:
             lines.append(C.target_line(f"`tinyvgg train` at batch {r['batch']}", r["ratio"], payload["target"]))
-        lines += ["", f"tinyvgg's command: `python {res['rows'][0]['tinyvgg_command']}`", ""]
+            if "dp_ratio" in r:
+                lines.append(C.target_line(f"`tinyvgg train --data-parallel` on {r['ranks']} ranks at global "
+                                           f"batch {r['batch']}", r["dp_ratio"], payload["target"]))
+        lines += ["", f"tinyvgg's command: `{res['rows'][0]['tinyvgg_command']}`", ""]
+        if ranks:
+            lines += [f"On {ranks} ranks: `{res['rows'][0]['dp_command']}` (synchronised BatchNorm: the same "
+                      "steps as one process on the whole batch; each rank runs its share of the cores). The "
+                      "PyTorch loop is one process with PyTorch's own threads.", ""]
     return "\n".join(lines)
 
 

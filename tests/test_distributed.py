@@ -285,6 +285,7 @@ def test_only_rank_0_prints_and_writes(runs):
     assert runs.stdout.count("data-parallel: 2 ranks") == 5  # once per run, not once per rank
     assert "global batch 15 = 7-8 images per rank" in runs.stdout
     assert "allreduce: MPI_Allreduce on host arrays (CPU backend)" in runs.stdout
+    assert "threads per rank as set by OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1" in runs.stdout
 
 
 # --------------------------------------------------------------------------
@@ -425,6 +426,60 @@ def test_batches_some_rank_gets_no_image_of_are_refused(n_train, batch, ok):
     else:
         with pytest.raises(DistributedError, match="every rank needs at least one image"):
             hook._check_split(trainer)
+
+
+@pytest.mark.parametrize("mine,everyone,want", [
+    ([0, 1], [[0, 1], [0, 1]], 1),                      # 2 unbound ranks on 2 cores
+    (range(8), [range(8)] * 2, 4),                      # 2 unbound ranks on 8 cores
+    ([0, 1, 2, 3], [[0, 1, 2, 3], [4, 5, 6, 7]], 4),    # bound by the launcher: its own 4
+    ([0], [[0], [1]], 1),
+    ([0, 1], [[0, 1]] * 3, 1),                          # more ranks than cores: still 1
+    (range(4), [range(4)], 4),                          # alone on the host
+])
+def test_each_rank_gets_its_share_of_the_cores(mine, everyone, want):
+    from tinyvgg.distributed import core_share
+
+    assert core_share(mine, everyone) == want
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_ranks_sharing_a_host_run_one_thread_per_core_between_them():
+    """Two ranks on a 2-core host: each gets 1 worker and 1 BLAS thread (not 2 of each),
+    unless the user set the threads; set_threads(None) gives everything back."""
+    from tinyvgg.distributed import share_cores
+    from tinyvgg.ops.cpu import parallel
+
+    if not _blas_threads():
+        pytest.skip("threadpoolctl finds no BLAS library to limit")
+    before_workers, before_blas = parallel.workers(), _blas_threads()
+    world = SimpleNamespace(cores=1, local_size=2)
+    try:
+        with threadpool_limits(limits=3, user_api="blas"):  # a BLAS of 3 threads, as if on 3 cores
+            parallel.set_threads(None)
+            assert parallel.workers() == 3
+            said = share_cores(world, environ={})
+            assert said == "1 thread per rank (2 ranks on this host)"
+            assert parallel.workers() == 1 and _blas_threads() == [1] * len(_blas_threads())
+            parallel.set_workers(1)  # hands back only its own limit: the rank's cap stays
+            assert _blas_threads() == [1] * len(_blas_threads())
+            said = share_cores(SimpleNamespace(cores=2, local_size=2), environ={})
+            assert said == "2 threads per rank (2 ranks on this host)" and parallel.workers() == 2
+            parallel.set_threads(None)
+            assert parallel.workers() == 3 and _blas_threads() == [3] * len(_blas_threads())
+            # The user's own setting is kept and named.
+            said = share_cores(world, environ={"OPENBLAS_NUM_THREADS": "2"})
+            assert said == "threads per rank as set by OPENBLAS_NUM_THREADS=2"
+            assert parallel.workers() == 3
+            assert share_cores(world, gpu=0, environ={}) == "one GPU per rank"
+    finally:
+        parallel.set_threads(None)
+        parallel.set_workers(before_workers)
+    assert _blas_threads() == before_blas
 
 
 def test_allreduce_traffic_of_the_paper_networks():

