@@ -57,9 +57,9 @@ each instead of two each (:func:`.data_parallel.share_cores`). Setting
 ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS`` or
 ``TINYVGG_OP_THREADS`` keeps the user's choice instead. On a small machine this
 is the fastest way to train: on 2 cores, 2 ranks of one thread each outran one
-process of two threads by 1.46x (VGG-11-BN width 1/4, CIFAR-10), because the
-small layers of a narrow network leave a core idle between the pieces one
-process splits them into.
+process of two threads by 1.53x / 1.22x at batch 64 / 128 (VGG-11-BN width 1/4,
+CIFAR-10, ``benchmarks/results/zen5_2026-12-03/``), because the small layers of a
+narrow network leave a core idle between the pieces one process splits them into.
 
 Files, resume, failures
 -----------------------

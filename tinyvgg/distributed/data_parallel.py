@@ -275,10 +275,11 @@ def share_cores(world, gpu=None, environ=None):
     unless one of ``THREAD_VARS`` is set in ``environ`` (default ``os.environ``),
     which the user's choice then stays. Without this, every one of P ranks on a
     host would run a worker and a BLAS thread per core: P times more threads than
-    cores. Measured on a 2-core AMD EPYC (Zen 4), VGG-11-BN width 1/4 on CIFAR-10
-    class folders: 2 ranks of 1 thread each train 1.46x as many images per second
-    as one process of 2 threads (1,153 and 791 img/s). Returns what was done, in
-    words, for the run's first line."""
+    cores. Measured on a 2-core AMD EPYC (Zen 5), VGG-11-BN width 1/4 on CIFAR-10
+    class folders: 2 ranks of 1 thread each train 1.53x / 1.22x as many images per
+    second as one process of 2 threads at batch 64 / 128
+    (``benchmarks/results/zen5_2026-12-03/bench_train_loop.md``). Returns what was
+    done, in words, for the run's first line."""
     environ = os.environ if environ is None else environ
     if gpu is not None:
         return "one GPU per rank"
