@@ -456,7 +456,11 @@ def test_ranks_sharing_a_host_run_one_thread_per_core_between_them():
 
     if not _blas_threads():
         pytest.skip("threadpoolctl finds no BLAS library to limit")
-    before_workers, before_blas = parallel.workers(), _blas_threads()
+    before_workers = parallel.workers()
+    # Lift the single-thread BLAS limit earlier tests' ops left (ops put it back when they run):
+    # lifted later, it would restore the BLAS thread count of its own time over the one below.
+    parallel.set_threads(None)
+    before_blas = _blas_threads()
     world = SimpleNamespace(cores=1, local_size=2)
     try:
         with threadpool_limits(limits=3, user_api="blas"):  # a BLAS of 3 threads, as if on 3 cores

@@ -273,7 +273,7 @@ def share_cores(world, gpu=None, environ=None):
     """On the CPU, give this rank ``world.cores`` threads (its share of the host's
     cores: workers and BLAS, see :func:`tinyvgg.ops.cpu.parallel.set_threads`),
     unless one of ``THREAD_VARS`` is set in ``environ`` (default ``os.environ``),
-    which the user's choice then stays. Without this, every one of P ranks on a
+    whose setting is then kept. Without this, every one of P ranks on a
     host would run a worker and a BLAS thread per core: P times more threads than
     cores. Measured on a 2-core AMD EPYC (Zen 5), VGG-11-BN width 1/4 on CIFAR-10
     class folders: 2 ranks of 1 thread each train 1.53x / 1.22x as many images per
