@@ -34,6 +34,25 @@ DEFAULT_OUT = REPO / "benchmarks" / "results"
 
 # -- arguments and device ------------------------------------------------------
 
+def mpi_launcher():
+    """``[launcher, extra flags...]`` for starting MPI ranks: ``mpiexec`` (else ``mpirun``)
+    beside this Python (the mpich wheel's), else the first on PATH; Open MPI's gets
+    ``--oversubscribe``. None when there is none."""
+    import shutil
+    here = Path(sys.executable).parent
+    for name in ("mpiexec", "mpirun"):
+        if (here / name).is_file():
+            exe = str(here / name)
+            break
+    else:
+        exe = shutil.which("mpiexec") or shutil.which("mpirun")
+    if exe is None:
+        return None
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    extra = ["--oversubscribe"] if "Open MPI" in version else []
+    return [exe, *extra]
+
+
 def parser(description):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true",

@@ -195,7 +195,7 @@ def worker(args):
 
 
 def launch(args, ranks, threads):
-    mpiexec = _mpiexec()
+    mpiexec = C.mpi_launcher()
     if mpiexec is None:
         return None, "no mpiexec beside this Python or on PATH (pip install mpi4py mpich)"
     tmp = Path(tempfile.mkdtemp(prefix="bench_dp_"))
@@ -216,21 +216,6 @@ def launch(args, ranks, threads):
         return res, None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _mpiexec():
-    here = Path(sys.executable).parent
-    for name in ("mpiexec", "mpirun"):
-        if (here / name).is_file():
-            exe = str(here / name)
-            break
-    else:
-        exe = shutil.which("mpiexec") or shutil.which("mpirun")
-    if exe is None:
-        return None
-    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    extra = ["--oversubscribe"] if "Open MPI" in version else []
-    return [exe, *extra]
 
 
 # -- 3. VGG-16 at the paper's width ---------------------------------------------------

@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None, ranks=None)
     """Images per second of each training epoch of ``python -m tinyvgg train`` (of the
     checkout ``root``, default this one); with ``ranks``, of ``mpirun -n ranks python
     -m tinyvgg train ... --data-parallel`` (the global batch is ``batch``)."""
-    launch = [] if not ranks else [mpirun(), "-n", str(ranks)]
+    launch = [] if not ranks else [*_launcher(), "-n", str(ranks)]
     cmd = [*launch, sys.executable, "-m", "tinyvgg", "train", "--model", MODEL["model"], "--batch-norm",
            "--width", str(MODEL["width"]), "--hidden", str(MODEL["hidden"]), "--epochs", str(epochs),
            "--dataset", "folder", "--data-dir", str(data_dir), "--limit", str(limit),
@@ -71,15 +70,11 @@ def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None, ranks=None)
     return rates, " ".join((["mpirun", "-n", str(ranks), "python"] if ranks else ["python"]) + shown)
 
 
-def mpirun():
-    """The MPI launcher beside this Python (the mpich wheel's), else the one on PATH."""
-    here = Path(sys.executable).parent
-    for name in ("mpirun", "mpiexec"):
-        if (here / name).is_file():
-            return str(here / name)
-        if shutil.which(name):
-            return shutil.which(name)
-    raise SystemExit("bench_train_loop: --ranks needs an MPI launcher (pip install mpi4py mpich)")
+def _launcher():
+    launcher = C.mpi_launcher()
+    if launcher is None:
+        raise SystemExit("bench_train_loop: --ranks needs an MPI launcher (pip install mpi4py mpich)")
+    return launcher
 
 
 def torch_loop(spec):
