@@ -705,3 +705,58 @@ def test_one_single_test_scale_and_one_preprocessing():
     ev = EvalTransform(32, [1.0, 2.0, 3.0], [2.0, 2.0, 2.0])(imgs)
     np.testing.assert_array_equal(ev, to_network_input(imgs, [1.0, 2.0, 3.0], [2.0, 2.0, 2.0])[
         :, :, 2:34, 4:36])
+
+
+# ---------------------------------------------------------------- load sizes
+
+def test_load_size_rescales_builtins_only_beyond_their_padded_size():
+    assert D.load_size("cifar10", None) is None
+    assert D.load_size("cifar10", 32) is None          # native
+    assert D.load_size("cifar10", 64) == 64            # rescaled, not framed in zeros
+    assert D.load_size("fashion-mnist", 32) is None    # 28 -> 32 by padding, the convention
+    assert D.load_size("fashion-mnist", 64) == 64
+    assert D.load_size("cifar10", 64, scale=(64, 96)) is None  # the transforms rescale
+    assert D.load_size("folder", 64) == 64
+    assert D.load_size("folder", None) is None
+    assert D.load_size("folder", 64, scale=80) is None
+    with pytest.raises(ValueError, match="unknown dataset"):
+        D.load_size("mnist", 32)
+
+
+def test_a_64_pixel_network_trains_and_evaluates_on_rescaled_cifar10(tmp_path, isolated_env):
+    """--input-size 64 on CIFAR-10 rescales the 32 x 32 images (as the paper rescales to
+    S) for training and evaluation alike, instead of padding them with 16 zeros a side."""
+    from types import SimpleNamespace
+
+    from tinyvgg.evaluate_protocols import load_eval_dataset
+    from tinyvgg.train import TrainConfig, prepare_data
+
+    truth = write_cifar(tmp_path, n=6)
+    cfg = TrainConfig(dataset="cifar10", data_dir=str(tmp_path), input_size=64, val_size=5,
+                      batch_norm=False)
+    d = prepare_data(cfg)
+    assert d["input_size"] == 64
+    assert d["train"].images.shape[1:] == (64, 64, 3) and d["test"].images.shape[1:] == (64, 64, 3)
+    np.testing.assert_array_equal(d["test"].images, D._resize_stacked(
+        D.Dataset(truth["test"][0], truth["test"][1], D.CIFAR10_CLASSES, "t"), 64).images)
+    x = d["eval_transform"](d["test"].images[:2])
+    assert x.shape == (2, 3, 64, 64)
+    assert (np.abs(x[:, :, :8, :8]) > 0).any()  # image content in the corners, no zero frame
+    model = SimpleNamespace(train_scale=None, input_size=64)
+    test, used, _ = load_eval_dataset("cifar10", str(tmp_path), "test", [model],
+                                      {"input_size": 64})
+    assert used == "test"
+    np.testing.assert_array_equal(test.images, d["test"].images)
+    native, _, _ = load_eval_dataset("cifar10", str(tmp_path), "test",
+                                     [SimpleNamespace(train_scale=None, input_size=32)])
+    assert native.images.shape[1:] == (32, 32, 3)
+
+
+def test_a_limit_above_the_number_of_images_is_an_error(tmp_path, isolated_env):
+    from tinyvgg.train import TrainConfig, prepare_data
+
+    write_cifar(tmp_path, n=4)  # 20 training images
+    with pytest.raises(ValueError, match=r"--limit 21 is more than the 20 training images"):
+        prepare_data(TrainConfig(dataset="cifar10", data_dir=str(tmp_path), limit=21, val_size=2))
+    assert len(prepare_data(TrainConfig(dataset="cifar10", data_dir=str(tmp_path), limit=20,
+                                        val_size=2))["train"]) == 18

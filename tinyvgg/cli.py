@@ -136,7 +136,9 @@ def _add_train_args(p, defaults):
     p.add_argument("--data-dir", default=None, help="where the data is (else $TINYVGG_DATA, ~/.cache/tinyvgg, "
                    "/usr/share/datasets; downloaded when missing)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--input-size", type=int, default=None, help="network input side (multiple of 32)")
+    p.add_argument("--input-size", type=int, default=None, help="network input side (multiple of 32; default: the images' side rounded up "
+                        "to one); images are rescaled to it, except Fashion-MNIST's 28 -> 32, "
+                        "padded")
     p.add_argument("--val-size", type=float, default=defaults.val_size,
                    help="validation hold-out: a fraction (<1) or a number of images")
     p.add_argument("--no-flip", dest="flip", action="store_false", default=True)
@@ -145,7 +147,8 @@ def _add_train_args(p, defaults):
                    help="training scale S, or S_MIN,S_MAX for scale jittering (paper section 3.1)")
     p.add_argument("--pca", action="store_true", help="AlexNet-style colour shift")
     p.add_argument("--limit", type=int, default=None,
-                   help="use only LIMIT images (a seeded sample that keeps the class proportions)")
+                   help="use only LIMIT images (a seeded sample that keeps the class proportions; "
+                        "at most the number of training images)")
     p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     p.add_argument("--seed", type=int, default=defaults.seed,
                    help="seed of the initialisation, batch order, augmentation and dropout "

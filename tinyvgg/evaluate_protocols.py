@@ -643,20 +643,21 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
         None and "test", except the very folder the model was trained on, which has
         no test images: then its held-out validation images are used, as training did.
         None is "test" otherwise.
-    Class folders are loaded with the training input size (rescale + centre crop at load
-    time) when every model was trained without ``scale``, as training did; otherwise at
-    their native sizes. Returns ``(dataset, split_used, description)``: the description
+    Images are loaded as training loaded them (:func:`tinyvgg.data.load_size`): class
+    folders rescaled and centre-cropped to the training input size when every model was
+    trained without ``scale``, otherwise at their native sizes; Fashion-MNIST and
+    CIFAR-10 rescaled only for a network larger than their images padded to 32. Returns ``(dataset, split_used, description)``: the description
     names the images used (folder, split, how they were drawn).
     """
-    from .data import load_dataset, train_val_split
+    from .data import load_dataset, load_size, train_val_split
 
     tc = dict(train_config or {})
     name = str(name)
-    size = None
-    if name == "folder" and all(em.train_scale is None for em in models):
-        # as prepare_data: a folder is rescaled at load time to the configured input
-        # size when training did not rescale (None there keeps native sizes)
-        size = tc["input_size"] if "input_size" in tc else int(models[0].input_size)
+    # As prepare_data: rescaled at load time to the configured input size when training
+    # did not rescale (a folder's None there keeps native sizes).
+    scale = next((em.train_scale for em in models if em.train_scale is not None), None)
+    size = load_size(name, tc["input_size"] if "input_size" in tc else int(models[0].input_size),
+                     scale)
 
     def load(sp):
         return load_dataset(name, data_dir, split=sp, size=size)

@@ -239,15 +239,16 @@ def prepare_data(cfg, classes=None):
     ``test_split`` (which split the final test accuracy is computed on).
     """
     from .data import EvalTransform, TrainTransform, align_classes, compute_mean_std, compute_pca, \
-        load_dataset, train_val_split
+        load_dataset, load_size, train_val_split
 
     _check_options(cfg)
     name = cfg.dataset
     if name == "folder" and cfg.data_dir is None:
         raise ValueError("--dataset folder needs --data-dir, the root of the class folders")
     # Class folders of mixed sizes load as lists when the transforms rescale them
-    # (--scale); otherwise --input-size fixes one size at load time.
-    size = cfg.input_size if (name == "folder" and cfg.scale is None) else None
+    # (--scale); otherwise --input-size fixes one size at load time (for the built-in
+    # datasets only when it is larger than their images padded to a multiple of 32).
+    size = load_size(name, cfg.input_size, cfg.scale)
     full = load_dataset(name, cfg.data_dir, split="train", size=size)
     test_split = "test"
     try:
@@ -259,6 +260,10 @@ def prepare_data(cfg, classes=None):
                          f"(rescale and centre-crop at load time) or --scale S")
     if name == "folder" and test is not None and _same_dataset(full, test):
         test = None  # no test folder: load_dataset returned the training folder again
+    if cfg.limit is not None and cfg.limit > len(full):
+        raise ValueError(f"--limit {cfg.limit} is more than the {len(full)} training images of "
+                         f"{cfg.data_dir or name}; give at most {len(full)}, or leave --limit out "
+                         f"to train on all of them")
     if classes is not None:
         full = align_classes(full, classes, where=f"{cfg.data_dir or name} (training split)")
     if test is not None:

@@ -22,6 +22,7 @@ from .datasets import (
     load_dataset,
     load_fashion_mnist,
     load_image_folder,
+    load_size,
 )
 from .loader import DataLoader
 from .sampling import stratified_sample, train_val_split

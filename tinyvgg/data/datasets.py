@@ -828,6 +828,33 @@ def _resize_stacked(ds, size):
                    skipped=ds.skipped)
 
 
+NATIVE_SIZE = {"fashion-mnist": 28, "cifar10": 32}  # the built-in datasets' image sides, pixels
+
+
+def load_size(name, input_size, scale=None):
+    """The side ``load_dataset`` should rescale images to (``size=``), or None: how
+    ``train`` and ``evaluate`` load ``name`` for a network of ``input_size`` pixels.
+
+    - Class folders ("folder"): ``input_size`` (rescale the shorter side, centre-crop)
+      unless the transforms rescale per image (``scale`` given: None).
+    - Fashion-MNIST (28 x 28) and CIFAR-10 (32 x 32): None (native images, padded centred
+      to the next multiple of 32 by the transforms: 28 -> 32) unless ``input_size`` is
+      larger than that, then ``input_size``: a 64-pixel network sees CIFAR-10 rescaled to
+      64 x 64, not a 32 x 32 image in a frame of zeros. With ``scale`` the transforms
+      rescale every image to S themselves: None.
+
+    ``input_size`` : int or None (None: the images' own size).
+    Raises ValueError for an unknown dataset name.
+    """
+    key = _canonical(name)
+    if scale is not None or input_size is None:
+        return None
+    if key == "folder":
+        return int(input_size)
+    padded = -(-NATIVE_SIZE[key] // 32) * 32
+    return int(input_size) if int(input_size) > padded else None
+
+
 def load_dataset(name, data_dir=None, split="train", download=True, size=None, **kwargs):
     """Load ``name``: "fashion-mnist", "cifar10" or "folder".
 
