@@ -136,8 +136,9 @@ def _add_train_args(p, defaults):
     p.add_argument("--data-dir", default=None, help="where the data is (else $TINYVGG_DATA, ~/.cache/tinyvgg, "
                    "/usr/share/datasets; downloaded when missing)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--input-size", type=int, default=None, help="network input side (multiple of 32; default: the images' side rounded up "
-                        "to one); images are rescaled to it, except Fashion-MNIST's 28 -> 32, "
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input side (multiple of 32; default: the images' side rounded "
+                        "up to one); images are rescaled to it, except Fashion-MNIST's 28 -> 32, "
                         "padded")
     p.add_argument("--val-size", type=float, default=defaults.val_size,
                    help="validation hold-out: a fraction (<1) or a number of images")

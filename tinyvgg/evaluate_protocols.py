@@ -646,8 +646,9 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     Images are loaded as training loaded them (:func:`tinyvgg.data.load_size`): class
     folders rescaled and centre-cropped to the training input size when every model was
     trained without ``scale``, otherwise at their native sizes; Fashion-MNIST and
-    CIFAR-10 rescaled only for a network larger than their images padded to 32. Returns ``(dataset, split_used, description)``: the description
-    names the images used (folder, split, how they were drawn).
+    CIFAR-10 rescaled only for a network larger than their images padded to 32.
+    Returns ``(dataset, split_used, description)``: the description names the images
+    used (folder, split, how they were drawn).
     """
     from .data import load_dataset, load_size, train_val_split
 
