@@ -67,12 +67,11 @@ DEPTH_CHAIN = ["A", "B", "D", "E"]          # the depth claim: 11 -> 13 -> 16 ->
 DEPTH = {"A": 11, "A-LRN": 11, "B": 13, "B-5x5": 8, "C": 16, "D": 16, "E": 19}  # weight layers
 TABLE5_RUNS = ["D", "D-S32-48"]             # dense vs multi-crop (the paper's Table 5)
 PROTOCOLS = ("single", "multi-scale", "dense")
-# Relative cost of one training epoch (VGG-11-BN = 1): the training times of the 5-epoch
-# study of commit 7af7ca3 (width 1/4, batch 128, two runs at a time; the 12-epoch study now
-# committed ran with these costs).
+# Relative cost of one training epoch (VGG-11-BN = 1): the training times of the 12-epoch
+# study of commit c487f39 (width 1/4, batch 128, two runs at a time, one thread each).
 # They set the order in which runs start (longest first) and the remaining-time estimate.
-COST = {"vgg11": 1.0, "vgg11_lrn": 1.35, "vgg13": 1.75, "vgg13_5x5": 1.4, "vgg16_1x1": 1.7,
-        "vgg16": 2.0, "vgg19": 2.5}
+COST = {"vgg11": 1.0, "vgg11_lrn": 1.7, "vgg13": 1.7, "vgg13_5x5": 1.3, "vgg16_1x1": 1.63,
+        "vgg16": 2.1, "vgg19": 2.5}
 
 
 def group(name):
