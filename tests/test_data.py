@@ -709,6 +709,10 @@ def test_one_single_test_scale_and_one_preprocessing():
 
 # ---------------------------------------------------------------- load sizes
 
+def test_padded_side_is_the_next_multiple_of_32():
+    assert [D.padded_side(s) for s in (1, 28, 32, 33, 100, 224)] == [32, 32, 32, 64, 128, 224]
+
+
 def test_load_size_rescales_builtins_only_beyond_their_padded_size():
     assert D.load_size("cifar10", None) is None
     assert D.load_size("cifar10", 32) is None          # native

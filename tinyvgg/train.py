@@ -239,7 +239,7 @@ def prepare_data(cfg, classes=None):
     ``test_split`` (which split the final test accuracy is computed on).
     """
     from .data import EvalTransform, TrainTransform, align_classes, compute_mean_std, compute_pca, \
-        load_dataset, load_size, train_val_split
+        load_dataset, load_size, padded_side, train_val_split
 
     _check_options(cfg)
     name = cfg.dataset
@@ -283,7 +283,7 @@ def prepare_data(cfg, classes=None):
                              f"{cfg.dataset} images have {_channels(train_ds)} channel(s)")
     else:
         mean, std = compute_mean_std(train_ds)
-    size = cfg.input_size or int(math.ceil(_native_size(train_ds) / 32) * 32)
+    size = cfg.input_size or padded_side(_native_size(train_ds))
     pca = compute_pca(train_ds) if cfg.pca else None
     scale = tuple(cfg.scale) if isinstance(cfg.scale, (list, tuple)) else cfg.scale
     if scale is not None and _scale_range(scale)[0] < size:

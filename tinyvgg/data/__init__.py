@@ -23,6 +23,7 @@ from .datasets import (
     load_fashion_mnist,
     load_image_folder,
     load_size,
+    padded_side,
 )
 from .loader import DataLoader
 from .sampling import stratified_sample, train_val_split
@@ -47,5 +48,5 @@ __all__ = [
     "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES",
     "compute_mean_std", "compute_pca", "rescale", "to_float_nchw", "center_pad",
     "random_crop", "random_flip", "pca_color_shift", "center_crop",
-    "TrainTransform", "EvalTransform", "DataLoader",
+    "TrainTransform", "EvalTransform", "DataLoader", "load_size", "padded_side",
 ]

@@ -831,6 +831,13 @@ def _resize_stacked(ds, size):
 NATIVE_SIZE = {"fashion-mnist": 28, "cifar10": 32}  # the built-in datasets' image sides, pixels
 
 
+def padded_side(side):
+    """The network input side for images of side ``side`` (pixels) taken as they are: the
+    next multiple of 32, as VGG's five 2 x 2 max-poolings halve it five times (28 -> 32,
+    32 -> 32, 100 -> 128). The transforms pad smaller images centred to it."""
+    return -(-int(side) // 32) * 32
+
+
 def load_size(name, input_size, scale=None):
     """The side ``load_dataset`` should rescale images to (``size=``), or None: how
     ``train`` and ``evaluate`` load ``name`` for a network of ``input_size`` pixels.
@@ -851,8 +858,7 @@ def load_size(name, input_size, scale=None):
         return None
     if key == "folder":
         return int(input_size)
-    padded = -(-NATIVE_SIZE[key] // 32) * 32
-    return int(input_size) if int(input_size) > padded else None
+    return int(input_size) if int(input_size) > padded_side(NATIVE_SIZE[key]) else None
 
 
 def load_dataset(name, data_dir=None, split="train", download=True, size=None, **kwargs):
