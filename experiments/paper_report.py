@@ -187,6 +187,22 @@ def finding_line(c):
     return f"{c['claim']}: {c.get('short', c['verdict'])} ({c.get('headline', '')})"
 
 
+def convergence_line(s):
+    """Whether the validation curves had flattened, in one sentence (quoted verbatim by
+    the README after the findings table; tests/test_paper_tables.py checks the quote)."""
+    rows = fit_rows(s)
+    falling = not_converged(s) or []
+    budget = plural(s["settings"]["epochs"], "epoch")
+    where = "the report's \"Trained enough to compare?\""
+    if not falling:
+        return (f"All {len(rows)} validation curves had flattened by the end of their {budget}: "
+                f"none fell by more than {STILL_FALLING:g} points in the last one ({where}).")
+    return (f"{len(rows) - len(falling)} of the {len(rows)} validation curves had flattened by "
+            f"the end of their {budget}; {len(falling)} ({', '.join(falling)}) still fell by more "
+            f"than {STILL_FALLING:g} points in the last one ({where}), so the verdicts compare "
+            f"equal budgets of nearly, not fully, converged networks.")
+
+
 def render_study(s, w):
     st = s["settings"]
     runs = s["runs"]

@@ -302,8 +302,14 @@ def test_the_readme_and_lesson_14_quote_the_committed_verdicts(rp):
     """The README's table of findings and lesson 14's are the committed study's, verbatim."""
     study = json.loads((EXPERIMENTS / "results" / "paper_tables.json").read_text())["study"]
     assert not study.get("quick")
-    assert rp.findings_table(study) in (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert rp.findings_table(study) in readme
+    assert rp.convergence_line(study) in readme
+    # the budget and time the README and lesson 14 state are the committed run's
+    epochs, minutes = study["settings"]["epochs"], study["time"]["this_invocation_s"] / 60
+    assert f"{epochs} epochs each of `train`'s default recipe, {minutes:.1f} minutes" in readme
     lesson = " ".join((REPO / "lessons" / "14_scales_and_test_protocols.py").read_text().split())
+    assert f"trained {epochs} epochs each" in lesson
     quoted = [c for c in study["claims"] if c["key"] in LESSON_CLAIMS]
     assert len(quoted) == len(LESSON_CLAIMS)
     for c in quoted:
@@ -381,3 +387,8 @@ def test_converged_means_every_validation_curve_has_flattened(rp):
     assert "**Not converged.** The validation error of 1 of 2 runs (A) still fell" in "\n".join(lines)
     assert "still learning" in rp.likely_reason("depth", rising)
     assert "have flattened" in rp.likely_reason("depth", flat)
+    # the README's one-line summary says the same
+    assert rp.convergence_line(flat).startswith("All 2 validation curves had flattened by the "
+                                                "end of their 10 epochs: none fell")
+    assert rp.convergence_line(rising).startswith("1 of the 2 validation curves had flattened "
+                                                  "by the end of their 10 epochs; 1 (A) still fell")
