@@ -81,8 +81,9 @@ def _add_model_args(p, defaults):
     p.add_argument("--width", type=float, default=defaults.width, help="channel multiplier (1.0 = the paper)")
     p.add_argument("--hidden", type=int, default=defaults.hidden, help="width of the hidden FC layers "
                    "(default 4096 x width)")
-    p.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=defaults.batch_norm,
-                   help="BatchNorm after every convolution")
+    p.add_argument("--batch-norm", dest="batch_norm", action="store_true", default=None,
+                   help="BatchNorm after every convolution (a _bn model name, vgg11_bn, too; "
+                        f"default {'on' if defaults.batch_norm else 'off'})")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
     p.add_argument("--dropout", type=float, **_FROM_RECIPE,
                    help=f"dropout of the hidden FC layers (default recipe {defaults.dropout}, paper 0.5)")
@@ -258,6 +259,11 @@ def _config_from_args(args):
     from .train import TrainConfig
 
     kw = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
+    if kw.get("batch_norm") is None:  # neither --batch-norm nor --no-batch-norm: the default
+        kw.pop("batch_norm", None)
+    elif not kw["batch_norm"] and str(kw.get("model", "")).strip().lower().endswith(("_bn", "-bn")):
+        raise ValueError(f"--model {kw['model']} has BatchNorm and --no-batch-norm asks for none: "
+                         f"give --model {kw['model'].strip()[:-3]} for a network without it")
     return TrainConfig.from_recipe(getattr(args, "recipe", "default"), **kw)
 
 
@@ -386,6 +392,9 @@ def cmd_predict(args):
     from .evaluate import predict_proba
     from PIL import UnidentifiedImageError
 
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1 (how many of the most likely classes to "
+                         f"print), got {args.top}")
     ck = checkpoint.load(args.checkpoint)
     ck.warn_if_not_normalized()
     meta = ck.meta
@@ -449,6 +458,17 @@ def cmd_convert(args):
     out = convert(args.src, args.dst, name=args.name, mean=args.mean, std=args.std,
                   resize=args.resize, allow_pickle=args.allow_pickle)
     print(f"wrote {out}")
+    if str(args.src).lower().endswith(".npz"):
+        from .checkpoint import load_header
+        meta = load_header(args.src)["meta"]
+        lost = [what for what, key in (("the input mean and std", "mean"), ("the class names", "classes"))
+                if meta.get(key) is not None]
+        if lost:
+            mean = " ".join(f"{v:g}" for v in meta.get("mean") or [])
+            std = " ".join(f"{v:g}" for v in meta.get("std") or [])
+            print(f"note: a .pth holds the weights only; {' and '.join(lost)} of {args.src} are not "
+                  f"in it" + (f" (converting it back needs --mean {mean} --std {std})" if mean and std
+                              else ""))
     return 0
 
 
@@ -586,6 +606,7 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .backend import GPUUnavailableError
     from .data import DatasetNotFoundError
     from .train import GPUOutOfMemory, TrainingDiverged
     try:
@@ -593,9 +614,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("stopped.", file=sys.stderr)
         return 130
-    except (DatasetNotFoundError, TrainingDiverged, GPUOutOfMemory) as e:
+    except (DatasetNotFoundError, TrainingDiverged, GPUOutOfMemory, GPUUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (ValueError, ImportError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that is missing, a file where a folder belongs, no permission
+        print(f"error: {type(e).__name__}: {e} (check the paths given)", file=sys.stderr)
         return 2

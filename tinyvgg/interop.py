@@ -357,8 +357,16 @@ def tinyvgg_to_torch(npz_path, out_pth):
 def convert(src, dst, name=None, **options):
     """Convert by extension: ``.pth``/``.pt`` -> tinyvgg ``.npz`` (``options``: the
     keyword arguments of :func:`torch_to_tinyvgg`: mean, std, resize, allow_pickle),
-    ``.npz`` -> ``.pth``. Returns ``dst``. Raises ``ValueError`` for any other extension."""
+    ``.npz`` -> ``.pth``. Returns ``dst``. Raises ``ValueError`` for any other extension,
+    and for a ``dst`` whose extension is not the other format's (``a.npz`` -> ``b.npz``
+    would write a PyTorch file under a tinyvgg name)."""
     ext = os.path.splitext(os.fspath(src))[1].lower()
+    dst_ext = os.path.splitext(os.fspath(dst))[1].lower()
+    want = {".pth": (".npz",), ".pt": (".npz",), ".npz": (".pth", ".pt")}.get(ext)
+    if want is not None and dst_ext not in want:
+        raise ValueError(f"convert: {src} is a {'tinyvgg' if ext == '.npz' else 'PyTorch'} file, so "
+                         f"the output is a {'PyTorch' if ext == '.npz' else 'tinyvgg'} one: give an "
+                         f"output name ending in {' or '.join(want)}, got {os.fspath(dst)!r}")
     if ext in (".pth", ".pt"):
         return torch_to_tinyvgg(src, dst, name=name, **options)
     if ext == ".npz":

@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import numbers
+import os
 import signal
 import sys
 import time
@@ -38,7 +39,7 @@ from . import backend
 from .evaluate import evaluate, topk_correct
 from .fileio import atomic_open, atomic_write_text
 from .losses import SoftmaxCrossEntropy
-from .models import DEFAULT_INIT
+from .models import DEFAULT_INIT, resolve_name
 
 __all__ = ["TrainConfig", "RECIPES", "Trainer", "TrainingDiverged", "GPUOutOfMemory", "train", "prepare_data",
            "resume_config", "init_from_config"]
@@ -124,6 +125,12 @@ class TrainConfig:
     std: list | None = None            # set's statistics; --init-from keeps the checkpoint's
 
     def __post_init__(self):
+        # A "_bn" model name (vgg11_bn, torchvision's) builds BatchNorm layers: the settings
+        # that depend on BatchNorm (the default lr, the batch-of-1 check) must know it.
+        try:
+            self.batch_norm = resolve_name(self.model, self.batch_norm)[1]
+        except ValueError:
+            pass  # an unknown name: reported with the valid ones when the model is built
         if self.lr is None:
             self.lr = 0.1 if self.batch_norm else 0.01
 
@@ -187,12 +194,24 @@ def _check_options(cfg):
         return number(v) and float(v) == int(v)
 
     for opt, v, lo in (("--batch-size", cfg.batch_size, 1), ("--eval-batch-size", cfg.eval_batch_size, 1),
-                       ("--crop-padding", cfg.crop_padding, 0)):
+                       ("--crop-padding", cfg.crop_padding, 0), ("--epochs", cfg.epochs, 1),
+                       ("--log-every", cfg.log_every, 1), ("--doctor-every", cfg.doctor_every, 1)):
         if not whole(v) or v < lo:
             raise ValueError(f"{opt} must be a whole number of at least {lo}, got {v!r}")
     if cfg.batch_norm and cfg.batch_size < 2:
         raise ValueError(f"--batch-size {cfg.batch_size} with --batch-norm: BatchNorm needs batches "
                          f"of at least 2 images; use --batch-size 2 or more, or --no-batch-norm")
+    if cfg.hidden is not None and (not whole(cfg.hidden) or cfg.hidden < 1):
+        raise ValueError(f"--hidden must be a whole number of units of at least 1 (or left out: "
+                         f"4096 x --width), got {cfg.hidden!r}")
+    if not number(cfg.dropout) or not 0 <= cfg.dropout < 1:
+        raise ValueError(f"--dropout must be a probability in [0, 1) (1 would drop every unit of "
+                         f"the hidden layers), got {cfg.dropout!r}")
+    if not isinstance(cfg.out, (str, os.PathLike)) or not str(cfg.out).strip():
+        raise ValueError(f"--out must name a folder for the run's files, got {cfg.out!r}")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ValueError(f"--out {cfg.out} is a file, not a folder: give a folder for the run's "
+                         f"files (checkpoint, history, plots)")
     if cfg.split_seed is not None and (not whole(cfg.split_seed) or cfg.split_seed < 0):
         raise ValueError(f"--split-seed must be a whole number of at least 0, got {cfg.split_seed!r}")
     if cfg.limit is not None and (not whole(cfg.limit) or cfg.limit < 1):
@@ -239,7 +258,7 @@ def prepare_data(cfg, classes=None):
     ``test_split`` (which split the final test accuracy is computed on).
     """
     from .data import EvalTransform, TrainTransform, align_classes, compute_mean_std, compute_pca, \
-        load_dataset, load_size, padded_side, train_val_split
+        load_dataset, load_size, padded_side, split_source, train_val_split
 
     _check_options(cfg)
     name = cfg.dataset
@@ -258,6 +277,10 @@ def prepare_data(cfg, classes=None):
     if not isinstance(full.images, np.ndarray) and cfg.scale is None:
         raise ValueError(f"{cfg.data_dir}: the images have different sizes; give --input-size "
                          f"(rescale and centre-crop at load time) or --scale S")
+    if classes is None and len(full.classes) < 2:
+        raise ValueError(f"{cfg.data_dir or name}: the training images are of "
+                         f"{len(full.classes)} class ({', '.join(map(str, full.classes))}): a "
+                         f"classifier needs at least 2 (one folder of images per class)")
     if name == "folder" and test is not None and _same_dataset(full, test):
         test = None  # no test folder: load_dataset returned the training folder again
     if cfg.limit is not None and cfg.limit > len(full):
@@ -296,7 +319,9 @@ def prepare_data(cfg, classes=None):
     eval_tf = EvalTransform(size, mean, std, scale=scale, dtype=cfg.dtype)
     return {"train": train_ds, "val": val_ds, "test": test, "train_transform": train_tf,
             "eval_transform": eval_tf, "mean": mean, "std": std, "classes": list(full.classes),
-            "input_size": size, "test_split": test_split, "channels": _channels(train_ds)}
+            "input_size": size, "test_split": test_split, "channels": _channels(train_ds),
+            # what the split was drawn from: a resumed run or `evaluate --split val` checks it
+            "source": split_source(full)}
 
 
 def _channels(ds):
@@ -366,7 +391,7 @@ class Trainer:
             if len(d[part]) == 0:
                 raise ValueError(f"the {part} set is empty; check {fix}")
         self.num_classes = len(d["classes"])
-        hidden = cfg.hidden or hidden_width(cfg.width)
+        hidden = hidden_width(cfg.width) if cfg.hidden is None else cfg.hidden
         if resume_state is not None:
             self.model = resume_state.model.to(cfg.device)
         else:
@@ -394,6 +419,10 @@ class Trainer:
                                       warmup_epochs=cfg.warmup_epochs, pct_start=cfg.pct_start)
         if resume_state is not None:
             meta = resume_state.meta
+            if self.is_main and d.get("source"):  # (data given by the caller may not say)
+                from .data import warn_if_source_changed
+                warn_if_source_changed(meta.get("data_source"), d["source"], cfg.data_dir or cfg.dataset,
+                                       "The resumed run trains and validates on the data as it is now.")
             self.optimizer.load_state_dict(resume_state.optimizer_state)
             self.schedule.load_state_dict(meta["schedule"])
             self.history = meta["history"]
@@ -438,7 +467,8 @@ class Trainer:
                         train_config=self.cfg.to_dict(), classes=self.data["classes"],
                         mean=[float(v) for v in self.data["mean"]],
                         std=[float(v) for v in self.data["std"]],
-                        input_size=self.data["input_size"], reason=reason)
+                        input_size=self.data["input_size"], data_source=self.data.get("source"),
+                        reason=reason)
         return path
 
     # -- the loop --------------------------------------------------------------
@@ -611,7 +641,10 @@ class Trainer:
             metrics["final_val_accuracy"] = self.history[-1]["val_acc"]
         if self.is_main:
             atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=2))
-            print(f"test accuracy: {test['top1']:.4f}", flush=True)
+            no_test = self.data["test_split"] != "test"  # the validation images stand in
+            print(f"test accuracy: {test['top1']:.4f}"
+                  + (" (on the validation images: the data has no test split)" if no_test else ""),
+                  flush=True)
         return metrics
 
 
@@ -620,6 +653,12 @@ def resume_config(cfg, resume):
     the saved settings, except those that only say how long or where to run, and the
     loaded :class:`tinyvgg.checkpoint.Checkpoint`. ``(cfg, None)`` when ``resume`` is None."""
     if resume is None:
+        if cfg.init_from:
+            from . import checkpoint
+            arch = checkpoint.load_header(cfg.init_from)["config"]
+            _note_ignored(cfg, {"model": arch["name"], "batch_norm": bool(arch["batch_norm"]),
+                                "width": float(arch["width"]), "hidden": int(arch["hidden"])},
+                          f"--init-from {cfg.init_from} fine-tunes its own architecture")
         return init_from_config(cfg), None
     if cfg.init_from:
         raise ValueError(f"--resume {resume} continues a run and --init-from {cfg.init_from} starts "
@@ -640,6 +679,12 @@ def resume_config(cfg, resume):
                          f"run with --init-from {path} (fine-tuning; the last layer is replaced when "
                          f"the number of classes differs)")
     saved = dict(state.meta["train_config"])
+    done = int(state.meta["epoch"])
+    if cfg.epochs < done:
+        raise ValueError(f"--epochs {cfg.epochs}: the run in {resume} has already trained {done} "
+                         f"epochs; give --epochs of at least {done + 1} to continue it (nothing was "
+                         f"changed)")
+    _note_ignored(cfg, saved, f"--resume {resume} continues the run with its own settings")
     if saved.get("epochs") != cfg.epochs and saved.get("schedule") in ("onecycle", "cosine", "step"):
         # These schedules are drawn over the whole run: a new length redraws them.
         print(f"note: --resume with --epochs {cfg.epochs} (the run was planned for {saved.get('epochs')}): "
@@ -647,11 +692,53 @@ def resume_config(cfg, resume):
               f"continues from where the new curve stands at this step, not from the last rate used",
               file=sys.stderr)
     # The saved settings win, except those that only say how long or where to run.
-    for key in ("epochs", "progress", "device", "log_every", "out"):
+    for key in _RESUME_GIVEN:
         saved[key] = getattr(cfg, key)
     if cfg.out == TrainConfig.out:
         saved["out"] = str(path.parent)
     return TrainConfig.from_dict(saved), state
+
+
+# What --resume takes from the command line rather than from the run it continues.
+_RESUME_GIVEN = ("epochs", "progress", "device", "log_every", "out")
+
+
+def _note_ignored(cfg, kept, what):
+    """Print a note naming the settings of ``cfg`` (the command line's) that ``kept`` (a
+    checkpoint's settings) overrides: each set away from its default (the recipe's, with
+    the same BatchNorm for the learning rate) to something other than the kept value. The
+    command line cannot tell a default it was given on purpose from one left out, so
+    those are not listed."""
+    recipe = cfg.recipe if cfg.recipe in RECIPES else "default"
+    plain = TrainConfig.from_recipe(recipe)
+    same_bn = TrainConfig.from_recipe(recipe, batch_norm=cfg.batch_norm)
+    ignored = []
+    for key, keep in kept.items():
+        if key in _RESUME_GIVEN or key == "recipe" or not hasattr(cfg, key):
+            continue
+        given, default = (_plain(getattr(c, key)) for c in (cfg, same_bn if key == "lr" else plain))
+        keep = _plain(keep)
+        if key == "model":  # vgg11_bn and vgg11 with --batch-norm name the same network
+            given, keep, default = (_letter(v) for v in (given, keep, default))
+        if given == default or given == keep or keep is None:
+            continue
+        flag = ("--batch-norm" if given else "--no-batch-norm") if key == "batch_norm" else \
+            f"--{key.replace('_', '-')} {getattr(cfg, key)}"
+        ignored.append(f"{flag} (kept: {kept[key]})")
+    if ignored:
+        print(f"note: {what}; ignored: {', '.join(ignored)}", file=sys.stderr)
+
+
+def _plain(v):
+    """A setting as a saved config holds it (tuples are lists there)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _letter(name):
+    try:
+        return resolve_name(name)[0]
+    except ValueError:
+        return name
 
 
 def init_from_config(cfg):

@@ -26,7 +26,7 @@ from .datasets import (
     padded_side,
 )
 from .loader import DataLoader
-from .sampling import stratified_sample, train_val_split
+from .sampling import split_source, stratified_sample, train_val_split, warn_if_source_changed
 from .transforms import (
     EvalTransform,
     TrainTransform,
@@ -49,4 +49,5 @@ __all__ = [
     "compute_mean_std", "compute_pca", "rescale", "to_float_nchw", "center_pad",
     "random_crop", "random_flip", "pca_color_shift", "center_crop",
     "TrainTransform", "EvalTransform", "DataLoader", "load_size", "padded_side",
+    "split_source", "warn_if_source_changed",
 ]

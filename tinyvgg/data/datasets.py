@@ -179,6 +179,20 @@ class Dataset:
         """``(image (H, W, C) uint8, label int)``."""
         return self.images[i], int(self.labels[i])
 
+    def fingerprint(self):
+        """A short hash (16 hex digits) of what this dataset holds, to tell later whether
+        it is still the same one (a class folder with images added or removed draws other
+        validation images from the same seed): the class names and, in order, each
+        image's label and file (its class folder and file name, so a moved folder keeps
+        its fingerprint; the position for datasets without files). Images are not read,
+        so an image edited in place keeps the fingerprint."""
+        h = hashlib.sha256(json.dumps(self.classes).encode())
+        h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
+        for p in self.paths or ():
+            p = Path(p)
+            h.update(f"{p.parent.name}/{p.name}\n".encode())
+        return h.hexdigest()[:16]
+
     @property
     def stacked(self):
         """True when ``images`` is one (N, H, W, C) array."""

@@ -10,9 +10,11 @@ training draws it with and ``evaluate --split val`` rebuilds it with.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["stratified_sample", "train_val_split"]
+__all__ = ["stratified_sample", "train_val_split", "split_source", "warn_if_source_changed"]
 
 
 def stratified_sample(labels, n, seed=0):
@@ -110,3 +112,28 @@ def train_val_split(dataset, val_size, seed=0, stratify=True, limit=None, batch_
         perm = np.random.default_rng(seed).permutation(n)
         train_idx, val_idx = np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
     return dataset.subset(train_idx), dataset.subset(val_idx)
+
+
+def split_source(dataset):
+    """What a validation split is drawn from, to check later that it is drawn again from
+    the same images: ``{"images": N, "fingerprint": Dataset.fingerprint()}`` (checkpoints
+    store it as ``data_source``)."""
+    return {"images": len(dataset), "fingerprint": dataset.fingerprint()}
+
+
+def warn_if_source_changed(saved, now, where, consequence, out=None):
+    """Print a warning to ``out`` (default stderr) when ``now`` (:func:`split_source` of
+    the data as it is) differs from ``saved`` (a checkpoint's ``data_source``; None for
+    checkpoints saved before it was recorded: no check). :func:`train_val_split` draws
+    the validation images by a seed from what the data holds, so a folder with images
+    added or removed yields other ones, some of which the run trained on.
+    ``consequence``: a sentence on what that means for the caller. Returns True when
+    it warned."""
+    if not saved or saved.get("fingerprint") == now["fingerprint"]:
+        return False
+    print(f"warning: {where} has changed since the run was trained ({saved.get('images')} "
+          f"training images then, {now['images']} now, or other files): the validation images "
+          f"drawn from it now are not the ones the run held out, and it has trained on some of "
+          f"them. {consequence} Restore the data as it was for a clean held-out split.",
+          file=out or sys.stderr)
+    return True
