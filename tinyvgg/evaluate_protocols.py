@@ -49,9 +49,16 @@ S = 256, 352/384/416 for S = 384); tinyvgg scales it with the crop size,
 d = round(32 s / 224) = round(s / 7): d = 32 at s = 224 (the paper's exact scales),
 d = 5 at s = 32. A model trained *without* rescaling (``scale=None``: CIFAR's
 pad-and-crop, Fashion-MNIST's 28 -> 32 padding) was trained at its images' native
-scale, so S is the native shorter side: S = 32 for CIFAR-10 -> {27, 32, 37}, S = 28
-for Fashion-MNIST -> {23, 28, 33}. A test image whose shorter side Q is below s is
-padded centred (with the mean colour) to s, as in training.
+scale, so S is the shorter side its training images had -- taken from how the checkpoint
+was trained, never from the images evaluated: S = 32 for CIFAR-10 -> {27, 32, 37},
+S = 28 for Fashion-MNIST -> {23, 28, 33}, S = s for class folders loaded at
+``--input-size`` s and for converted weights (:func:`_train_sides`). Class folders
+trained without ``--input-size`` kept their native side n, of which the checkpoint
+records only s (the next multiple of 32 above n): evaluation images of one side that
+pads to s are taken as they are (as training took its own), any others rescaled to s.
+A model without a training record (a bare VGG) takes the native side of the images.
+A test image whose shorter side Q is below s is padded centred (with the mean colour)
+to s, as in training.
 ``dense``, ``multi-crop`` and ``dense+multi-crop`` use the multi-scale set by default
 (as the paper's Table 5); pass ``scales=[Q]`` for one scale.
 
@@ -73,6 +80,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend
+from .data.datasets import NATIVE_SIZE, load_size
 from .data.transforms import rescale, single_test_scale, to_network_input
 from .evaluate import topk_correct
 from .losses import softmax
@@ -114,6 +122,9 @@ class EvalModel:
     input_size : s, the training crop side
     channels : input channels of the first convolution
     train_scale : None (trained at the images' native scale), S, or (S_min, S_max)
+    train_sides : for a model trained without rescaling, the shorter sides (lo, hi) its
+        training images may have had (:func:`_train_sides`; (S, S) when known), or None
+        when there is no training record (the evaluation images' native side is used)
     name : shown in reports (the checkpoint path)
     """
 
@@ -123,6 +134,7 @@ class EvalModel:
     input_size: int = 224
     channels: int = 3
     train_scale: object = None
+    train_sides: object = None
     name: str = "model"
     meta: dict = field(default_factory=dict, repr=False)
     _fc: object = field(default=None, repr=False)
@@ -167,7 +179,8 @@ def as_eval_model(obj, mean=None, std=None, train_scale=None, name=None):
     ``train_scale`` given here) or an EvalModel (returned as it is).
 
     From a checkpoint: mean, std and input_size come from its ``meta`` (as the trainer
-    writes them), the training scale from ``meta["train_config"]["scale"]``.
+    writes them), the training scale from ``meta["train_config"]["scale"]``, the side of
+    its training images from its training config (:func:`_train_sides`).
     """
     if isinstance(obj, EvalModel):
         return obj
@@ -178,13 +191,15 @@ def as_eval_model(obj, mean=None, std=None, train_scale=None, name=None):
         meta = obj.meta or {}
         model = obj.model
         tc = meta.get("train_config") or {}
+        input_size = int(meta.get("input_size") or model.input_size)
         return EvalModel(
             model=model,
             mean=_vector(meta.get("mean") if mean is None else mean),
             std=_vector(meta.get("std") if std is None else std),
-            input_size=int(meta.get("input_size") or model.input_size),
+            input_size=input_size,
             channels=_first_conv(model).in_channels,
             train_scale=_norm_scale(tc.get("scale") if train_scale is None else train_scale),
+            train_sides=_train_sides(tc, input_size),
             name=name or str(getattr(obj, "path", "checkpoint")),
             meta=meta)
     if hasattr(obj, "forward") and hasattr(obj, "to_fully_convolutional"):
@@ -194,6 +209,26 @@ def as_eval_model(obj, mean=None, std=None, train_scale=None, name=None):
                          name=name or getattr(obj, "name", "model"))
     raise TypeError(f"as_eval_model: expected a VGG, a checkpoint (path or loaded) or an "
                     f"EvalModel, got {type(obj).__name__}")
+
+
+def _train_sides(train_config, input_size):
+    """The shorter sides ``(lo, hi)`` the training images of a checkpoint had when it was
+    trained without ``--scale``, from its training config (``{}`` for converted weights)
+    and its input size s, as :func:`tinyvgg.train.prepare_data` loaded them:
+
+    - Fashion-MNIST, CIFAR-10: their native side (28, 32), or the input size when
+      larger than that padded to 32 (:func:`tinyvgg.data.load_size`): (S, S).
+    - class folders with ``--input-size``, converted weights: (s, s).
+    - class folders without ``--input-size``: their native side n, which the checkpoint
+      does not record, only s = :func:`tinyvgg.data.padded_side` (n): (s - 31, s).
+    """
+    name, size, s = train_config.get("dataset"), train_config.get("input_size"), int(input_size)
+    if name in NATIVE_SIZE:
+        side = load_size(name, size) or NATIVE_SIZE[name]
+        return side, side
+    if name == "folder" and size is None:
+        return s - 31, s
+    return s, s
 
 
 def _first_conv(model):
@@ -272,13 +307,26 @@ def _single_q(em, images, Q):
     return model_test_scales(em, multi=False, native_size=_native_side(images, em))[0]
 
 
+def _trained_side(em, native_size=None):
+    """S of a model trained without rescaling: the side of its training images
+    (``em.train_sides``) -- ``native_size``, the evaluation images' side, only when
+    it is one of the sides they may have had, else the largest (s); a model without a
+    training record: ``native_size`` (default: its input size)."""
+    if em.train_sides is None:
+        return int(native_size or em.input_size)
+    lo, hi = (int(v) for v in em.train_sides)
+    return int(native_size) if native_size is not None and lo <= native_size <= hi else hi
+
+
 def model_test_scales(model, multi=True, native_size=None):
     """:func:`test_scales` for an EvalModel: its training scale, or for a model trained
-    without rescaling the native image side ``native_size`` (default: its input size)."""
+    without rescaling the side of its training images (:func:`_trained_side`;
+    ``native_size`` is the evaluation images' shorter side, used only where the
+    checkpoint does not record that side)."""
     em = as_eval_model(model)
     S = em.train_scale
     if S is None:
-        S = int(native_size or em.input_size)
+        S = _trained_side(em, native_size)
     return test_scales(S, input_size=em.input_size, multi=multi)
 
 
@@ -618,6 +666,22 @@ def evaluate_protocol(models, dataset, protocol, scales=None, batch_size=64, pro
 # The images to evaluate on (the command itself is tinyvgg.cli's evaluate)
 # ----------------------------------------------------------------------------------
 
+def _load_side(models, train_config):
+    """The side to load evaluation images at for ``models`` trained without rescaling:
+    the side of their training images when every checkpoint records the same one
+    (``train_sides`` (S, S)), else -- a class folder trained at native sizes, or
+    models without a training record -- the training config's input size (None: native
+    sizes), else the first model's input size."""
+    sides = {getattr(em, "train_sides", None) for em in models}
+    if len(sides) == 1:
+        (only,) = sides
+        if only is not None and only[0] == only[1]:
+            return int(only[1])
+    if "input_size" in train_config:
+        return train_config["input_size"]
+    return int(models[0].input_size)
+
+
 def _folder_root(data_dir, split=None):
     """The folder ``load_dataset("folder", data_dir, split)`` reads, and whether
     ``data_dir`` has split sub-folders (train, val, test)."""
@@ -643,22 +707,24 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
         None and "test", except the very folder the model was trained on, which has
         no test images: then its held-out validation images are used, as training did.
         None is "test" otherwise.
-    Images are loaded as training loaded them (:func:`tinyvgg.data.load_size`): class
-    folders rescaled and centre-cropped to the training input size when every model was
-    trained without ``scale``, otherwise at their native sizes; Fashion-MNIST and
-    CIFAR-10 rescaled only for a network larger than their images padded to 32.
+    Images are loaded as training loaded them (:func:`tinyvgg.data.load_size`), at the
+    side of the models' training images (:func:`_load_side`), never at a size read from
+    the images evaluated: class folders rescaled and centre-cropped to it when every
+    model was trained without ``scale``, otherwise (and for a folder trained at its
+    native side, which the checkpoint does not record) at their native sizes, each then
+    rescaled to its test scale Q; Fashion-MNIST and CIFAR-10 rescaled only for a network
+    larger than their images padded to 32.
     Returns ``(dataset, split_used, description)``: the description names the images
     used (folder, split, how they were drawn).
     """
-    from .data import load_dataset, load_size, train_val_split
+    from .data import load_dataset, train_val_split
 
     tc = dict(train_config or {})
     name = str(name)
-    # As prepare_data: rescaled at load time to the configured input size when training
-    # did not rescale (a folder's None there keeps native sizes).
+    # As prepare_data: rescaled at load time to the side training used when it did not
+    # rescale (a folder's None there keeps native sizes).
     scale = next((em.train_scale for em in models if em.train_scale is not None), None)
-    size = load_size(name, tc["input_size"] if "input_size" in tc else int(models[0].input_size),
-                     scale)
+    size = load_size(name, _load_side(models, tc), scale)
 
     def load(sp):
         return load_dataset(name, data_dir, split=sp, size=size)

@@ -1,0 +1,102 @@
+"""Tests of what ``evaluate`` feeds the models: the default test scale and load size come
+from how each checkpoint was trained (never from the evaluation images), ensembles must
+share their input size (and, for held-out images, their split), and a checkpoint without
+class names is matched to a class folder only when the numbers of classes agree.
+
+Tiny models (width 1/16, hidden 16) and folders of a few PNGs: each test takes a second
+or two.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tinyvgg.evaluate_protocols as ep
+from tinyvgg import checkpoint
+from tinyvgg.cli import main
+from tinyvgg.train import TrainConfig
+from tests.test_evaluate_protocols import MEAN, STD, tiny, write_folder
+
+
+def save_checkpoint(path, data_dir, num_classes=3, seed=0, classes=True, **cfg):
+    """A tiny checkpoint as the trainer writes it; ``cfg`` overrides the training config
+    (dataset folder ``data_dir``, no --input-size: a 32-pixel network, val_size 0.25,
+    seed 0)."""
+    input_size = cfg.get("input_size") or 32
+    model = tiny(num_classes=num_classes, input_size=input_size, seed=seed)
+    tc = TrainConfig(**{**dict(model="vgg11", dataset="folder", data_dir=str(data_dir),
+                               width=1 / 16, hidden=16, val_size=0.25, seed=0), **cfg})
+    names = [f"class{k}" for k in range(num_classes)] if classes else None
+    checkpoint.save(path, model, None, epoch=1, step_in_epoch=0, global_step=1, history=[],
+                    schedule={}, train_config=tc.to_dict(), classes=names, mean=MEAN, std=STD,
+                    input_size=input_size, reason="epoch")
+    return str(path)
+
+
+def evaluate_json(capsys, *argv):
+    assert main(["evaluate", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# -- 1. the default test scale and load size come from the checkpoint -----------------------
+
+def test_default_scale_is_the_trained_side_not_the_images_side(tmp_path):
+    # trained on a class folder of 32-pixel images without --input-size: s = 32
+    em = ep.as_eval_model(save_checkpoint(tmp_path / "ck.npz", tmp_path))
+    big = np.zeros((2, 64, 64, 3), np.uint8)
+    assert ep.default_scales(em, "single", native_size=64) == [32]
+    assert ep.default_scales(em, "multi-scale", native_size=64) == [27, 32, 37]
+    res = ep.evaluate_protocol(em, (big, [0, 1]), "single", progress=False)
+    assert res["scales"] == [32]
+    # one 32-pixel image among them changes nothing
+    mixed = [big[0], big[1], np.zeros((32, 32, 3), np.uint8)]
+    assert ep.evaluate_protocol(em, (mixed, [0, 1, 2]), "single", progress=False)["scales"] == [32]
+    # images of a side that pads to 32 are taken as they are, as training took its own
+    assert ep.default_scales(em, "single", native_size=28) == [28]
+    # --scales still overrides
+    assert ep.evaluate_protocol(em, (big, [0, 1]), "single", scales=[64],
+                                progress=False)["scales"] == [64]
+    assert em.train_sides == (1, 32)  # any side up to 32 pads to the 32-pixel network
+
+
+def test_train_sides_from_the_training_config(tmp_path):
+    def sides(**cfg):
+        return ep.as_eval_model(save_checkpoint(tmp_path / "ck.npz", tmp_path, **cfg)).train_sides
+
+    assert sides(input_size=32) == (32, 32)
+    assert sides(dataset="fashion-mnist") == (28, 28)
+    assert sides(dataset="fashion-mnist", input_size=32) == (28, 28)
+    assert sides(dataset="cifar10") == (32, 32)
+    assert sides(dataset="cifar10", input_size=64) == (64, 64)
+    # a Fashion-MNIST model takes 28-pixel images whatever the images evaluated
+    em = ep.as_eval_model(save_checkpoint(tmp_path / "f.npz", tmp_path, dataset="fashion-mnist"))
+    assert ep.default_scales(em, "single", native_size=32) == [28]
+    # a bare VGG has no training record: the images' native side, as before
+    assert ep.as_eval_model(tiny()).train_sides is None
+    assert ep.default_scales(ep.as_eval_model(tiny()), "single", native_size=40) == [40]
+
+
+def test_cli_evaluate_a_32_pixel_model_on_64_pixel_images(tmp_path, capsys):
+    train = write_folder(tmp_path / "train32", size=32)
+    ck = save_checkpoint(tmp_path / "ck.npz", train)
+    big = write_folder(tmp_path / "big", size=64)
+    out = evaluate_json(capsys, ck, "--data-dir", str(big), "--split", "all")
+    assert out["scales"] == [32] and out["n"] == 12
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(big / "class0" / "small.png")
+    out = evaluate_json(capsys, ck, "--data-dir", str(big), "--split", "all")
+    assert out["scales"] == [32] and out["n"] == 13
+    # the same score as the images rescaled to 32 beforehand
+    assert out["top1"] == pytest.approx(
+        evaluate_json(capsys, ck, "--data-dir", str(big), "--split", "all", "--scales", "32")["top1"])
+    assert evaluate_json(capsys, ck, "--data-dir", str(big), "--split", "all",
+                         "--scales", "64")["scales"] == [64]
+
+
+def test_a_cifar10_model_loads_a_folder_at_its_trained_side(tmp_path):
+    em = ep.as_eval_model(save_checkpoint(tmp_path / "ck.npz", tmp_path, dataset="cifar10"))
+    big = write_folder(tmp_path / "big", size=64)
+    ds, _, _ = ep.load_eval_dataset("folder", str(big), "all", [em],
+                                    em.meta["train_config"])
+    assert ds.images.shape[1:] == (32, 32, 3)
