@@ -100,3 +100,54 @@ def test_a_cifar10_model_loads_a_folder_at_its_trained_side(tmp_path):
     ds, _, _ = ep.load_eval_dataset("folder", str(big), "all", [em],
                                     em.meta["train_config"])
     assert ds.images.shape[1:] == (32, 32, 3)
+
+
+# -- 2. an ensemble shares its input size, and its split for held-out images ----------------
+
+def test_an_ensemble_of_different_input_sizes_is_an_error(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", size=32)
+    a = save_checkpoint(tmp_path / "a.npz", data)
+    b = save_checkpoint(tmp_path / "b.npz", data, input_size=64)
+    for order in ([a, b], [b, a]):
+        ems = [ep.as_eval_model(p, name=p) for p in order]
+        with pytest.raises(ValueError, match="different input sizes") as e:
+            ep.load_eval_dataset("folder", str(data), "all", ems, ems[0].meta["train_config"])
+        assert f"{a} at 32" in str(e.value) and f"{b} at 64" in str(e.value)
+        assert "one at a time" in str(e.value)
+    assert main(["evaluate", a, b, "--data-dir", str(data), "--split", "all"]) == 2
+    assert "different input sizes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("other, named", [
+    (dict(split_seed=1), "split seed 0 vs 1"),
+    (dict(val_size=0.5), "val_size 0.25 vs 0.5"),
+    (dict(limit=8), "limit None vs 8"),
+    (dict(sampling="shuffle"), "sampling stratified vs shuffle"),
+    (dict(data_dir="elsewhere"), "data folder"),
+])
+def test_an_ensemble_on_held_out_images_needs_one_split(tmp_path, other, named):
+    data = write_folder(tmp_path / "data", size=32)
+    a = save_checkpoint(tmp_path / "a.npz", data)
+    other = dict(other)
+    b_data = tmp_path / other.pop("data_dir") if "data_dir" in other else data
+    b = save_checkpoint(tmp_path / "b.npz", b_data, seed=1, **other)
+    ems = [ep.as_eval_model(p, name=p) for p in (a, b)]
+    tc = ems[0].meta["train_config"]
+    for split in ("val", None):  # None: the training folder itself, so its held-out images
+        with pytest.raises(ValueError, match="held out different validation images") as e:
+            ep.load_eval_dataset("folder", str(data), split, ems, tc)
+        assert named in str(e.value) and a in str(e.value) and b in str(e.value)
+    # images neither trained on are fine
+    ds, used, _ = ep.load_eval_dataset("folder", str(data), "all", ems, tc)
+    assert used == "all" and len(ds) == 12
+
+
+def test_an_ensemble_with_one_split_keeps_working(tmp_path):
+    data = write_folder(tmp_path / "data", size=32)
+    a = save_checkpoint(tmp_path / "a.npz", data)
+    b = save_checkpoint(tmp_path / "b.npz", data, seed=1)  # other weights, the same split
+    ems = [ep.as_eval_model(p, name=p) for p in (a, b)]
+    ds, used, _ = ep.load_eval_dataset("folder", str(data), "val", ems, ems[0].meta["train_config"])
+    alone, _, _ = ep.load_eval_dataset("folder", str(data), "val", ems[:1],
+                                       ems[0].meta["train_config"])
+    assert used == "val" and len(ds) == 3 and ds.paths == alone.paths

@@ -682,6 +682,60 @@ def _load_side(models, train_config):
     return int(models[0].input_size)
 
 
+def _model_name(em, i):
+    return str(getattr(em, "name", None) or f"model {i + 1}")
+
+
+def _check_same_input_size(models):
+    """ValueError naming the models and their input sizes when they differ: an
+    ensemble's images are loaded once, at one size."""
+    sizes = [int(em.input_size) for em in models]
+    if len(set(sizes)) > 1:
+        shown = ", ".join(f"{_model_name(em, i)} at {s}" for i, (em, s) in
+                          enumerate(zip(models, sizes)))
+        raise ValueError(f"the checkpoints were trained at different input sizes ({shown}); "
+                         f"an ensemble's images are loaded once, at one size, so a model "
+                         f"would see them at a size it was not trained at. Evaluate them one "
+                         f"at a time, or ensemble checkpoints trained at the same input size")
+
+
+def _split_settings(train_config):
+    """What draws a training run's held-out validation images (as
+    :func:`tinyvgg.train.prepare_data` calls :func:`tinyvgg.data.train_val_split`):
+    ``{"dataset", "data folder", "val_size", "split seed", "limit", "sampling"}``."""
+    tc = train_config
+    folder = tc.get("data_dir") if tc.get("dataset") == "folder" else None
+    return {"dataset": tc.get("dataset"),
+            "data folder": os.path.realpath(folder) if folder is not None else None,
+            "val_size": tc.get("val_size", 0.1),
+            "split seed": int(tc["split_seed"] if tc.get("split_seed") is not None
+                              else tc.get("seed", 0)),
+            "limit": tc.get("limit"),
+            # Checkpoints saved before stratified sampling drew their split by a shuffle.
+            "sampling": tc.get("sampling", "shuffle")}
+
+
+def _check_same_split(models, train_config):
+    """ValueError when the models held out different validation images: the first
+    model's split (``train_config``) would contain images another one trained on.
+    Models without a training config are not compared."""
+    runs = []
+    for i, em in enumerate(models):
+        tc = train_config if i == 0 and train_config else \
+            (getattr(em, "meta", None) or {}).get("train_config")
+        if tc:
+            runs.append((_model_name(em, i), _split_settings(tc)))
+    for other, settings in runs[1:]:
+        first, ref = runs[0]
+        diff = [f"{k} {ref[k]} vs {settings[k]}" for k in ref if settings[k] != ref[k]]
+        if diff:
+            raise ValueError(f"{first} and {other} held out different validation images "
+                             f"({'; '.join(diff)}): one may have trained on images the other "
+                             f"held out. Evaluate them one at a time on their validation "
+                             f"images, or the ensemble on images neither trained on (a test "
+                             f"split or folder)")
+
+
 def _folder_root(data_dir, split=None):
     """The folder ``load_dataset("folder", data_dir, split)`` reads, and whether
     ``data_dir`` has split sub-folders (train, val, test)."""
@@ -716,11 +770,17 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     larger than their images padded to 32.
     Returns ``(dataset, split_used, description)``: the description names the images
     used (folder, split, how they were drawn).
+
+    Raises ValueError when the models of an ensemble were trained at different input
+    sizes (the images are loaded once, at one size), or -- for the held-out validation
+    images -- with different split settings (dataset, data folder, val_size, split seed,
+    limit or sampling: one model may have trained on images another held out).
     """
     from .data import load_dataset, train_val_split
 
     tc = dict(train_config or {})
     name = str(name)
+    _check_same_input_size(models)
     # As prepare_data: rescaled at load time to the side training used when it did not
     # rescale (a folder's None there keeps native sizes).
     scale = next((em.train_scale for em in models if em.train_scale is not None), None)
@@ -732,11 +792,10 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     where = name if name != "folder" else str(data_dir)
 
     def held_out(why=""):
-        limit = tc.get("limit")
-        seed = int(tc["split_seed"] if tc.get("split_seed") is not None else tc.get("seed", 0))
-        vs = tc.get("val_size", 0.1)
-        # Checkpoints saved before stratified sampling drew their split by a shuffle.
-        stratify = tc.get("sampling", "shuffle") != "shuffle"
+        _check_same_split(models, tc)
+        settings = _split_settings(tc)
+        limit, seed, vs = settings["limit"], settings["split seed"], settings["val_size"]
+        stratify = settings["sampling"] != "shuffle"
         val = train_val_split(load("train"), vs, seed, stratify, limit)[1]
         return val, "val", (f"the {len(val)} validation images the training run held out of "
                             f"{where} (training split; val_size {vs:g}, seed {seed}"
