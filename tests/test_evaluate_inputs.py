@@ -8,6 +8,7 @@ or two.
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -151,3 +152,37 @@ def test_an_ensemble_with_one_split_keeps_working(tmp_path):
     alone, _, _ = ep.load_eval_dataset("folder", str(data), "val", ems[:1],
                                        ems[0].meta["train_config"])
     assert used == "val" and len(ds) == 3 and ds.paths == alone.paths
+
+
+# -- 3. a checkpoint without class names on a class folder ---------------------------------
+
+def save_converted(path, num_classes):
+    """Like weights converted from torchvision: no class names, no training config."""
+    checkpoint.save(path, tiny(num_classes=num_classes), None, input_size=32, mean=MEAN, std=STD)
+    return str(path)
+
+
+def test_unnamed_classes_of_another_number_are_an_error(tmp_path, capsys):
+    data = write_folder(tmp_path / "data", classes=3, size=32)
+    ck = save_converted(tmp_path / "ten.npz", 10)
+    em = ep.as_eval_model(ck, name=ck)
+    with pytest.raises(ValueError, match="no class names and 10 outputs") as e:
+        ep.load_eval_dataset("folder", str(data), None, [em])
+    assert f"{data} has 3 classes" in str(e.value)
+    assert main(["evaluate", ck, "--dataset", "folder", "--data-dir", str(data)]) == 2
+    assert "10 outputs" in capsys.readouterr().err
+
+
+def test_unnamed_classes_of_the_same_number_are_matched_by_position_with_a_warning(tmp_path,
+                                                                                 capsys):
+    data = write_folder(tmp_path / "data", classes=3, size=32)
+    ck = save_converted(tmp_path / "three.npz", 3)
+    with pytest.warns(UserWarning, match="no class names") as caught:
+        out = evaluate_json(capsys, ck, "--dataset", "folder", "--data-dir", str(data))
+    assert "sorted folder names: class0 -> 0, class1 -> 1, class2 -> 2" in str(caught[0].message)
+    assert out["n"] == 12
+    # a checkpoint with class names is matched by name, without a warning
+    named = save_checkpoint(tmp_path / "named.npz", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate_json(capsys, named, "--data-dir", str(data), "--split", "all")["n"] == 12

@@ -75,6 +75,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -736,6 +737,38 @@ def _check_same_split(models, train_config):
                              f"split or folder)")
 
 
+def _check_unnamed_classes(dataset, models, where, folder=True):
+    """Models without class names score ``dataset`` by position (label k is output k):
+    ValueError naming both numbers when a model's number of outputs is not the number
+    of classes of ``dataset``, else a warning that the labels are matched by position.
+    Nothing when a model has class names (the caller matches them by name) or the
+    models or dataset do not say how many classes they have."""
+    if any((getattr(em, "meta", None) or {}).get("classes") for em in models):
+        return
+    classes = [str(c) for c in (getattr(dataset, "classes", None) or [])]
+    unnamed = [(_model_name(em, i), int(em.num_classes)) for i, em in enumerate(models)
+               if hasattr(em, "num_classes")]
+    if not classes or not unnamed:
+        return
+    for model, k in unnamed:
+        if k != len(classes):
+            raise ValueError(f"{model} has no class names and {k} outputs, but {where} has "
+                             f"{len(classes)} classes ({_some(classes)}): its labels cannot be "
+                             f"matched to the outputs. Evaluate it on a folder of {k} classes "
+                             f"whose sorted names follow the order of its outputs, or use a "
+                             f"checkpoint that records its class names")
+    order = "sorted folder names" if folder else f"{where}'s class order"
+    pairs = [f"{c} -> {k}" for k, c in enumerate(classes)]
+    warnings.warn(f"{', '.join(m for m, _ in unnamed)}: the checkpoint has no class names, so "
+                  f"the {len(classes)} classes of {where} are matched to its outputs by "
+                  f"position ({order}: {_some(pairs)}); check that this is the order of the "
+                  f"model's outputs", stacklevel=3)
+
+
+def _some(items, n=5):
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
 def _folder_root(data_dir, split=None):
     """The folder ``load_dataset("folder", data_dir, split)`` reads, and whether
     ``data_dir`` has split sub-folders (train, val, test)."""
@@ -771,16 +804,33 @@ def load_eval_dataset(name, data_dir, split, models, train_config=None):
     Returns ``(dataset, split_used, description)``: the description names the images
     used (folder, split, how they were drawn).
 
+    Models without class names (no ``meta["classes"]``, e.g. converted weights) score
+    the dataset by position -- label k is output k, the k-th sorted class folder --
+    which :func:`_check_unnamed_classes` allows only when the numbers of classes agree,
+    with a warning (``warnings.warn``); models with class names are matched by name by
+    the caller (:func:`tinyvgg.data.align_classes`).
+
     Raises ValueError when the models of an ensemble were trained at different input
     sizes (the images are loaded once, at one size), or -- for the held-out validation
     images -- with different split settings (dataset, data folder, val_size, split seed,
-    limit or sampling: one model may have trained on images another held out).
+    limit or sampling: one model may have trained on images another held out), or when
+    models without class names have another number of outputs than the dataset has
+    classes.
     """
-    from .data import load_dataset, train_val_split
-
     tc = dict(train_config or {})
     name = str(name)
     _check_same_input_size(models)
+    ds, used, desc = _load_eval_split(name, data_dir, split, models, tc)
+    _check_unnamed_classes(ds, models, name if name != "folder" else str(data_dir),
+                           folder=name == "folder")
+    return ds, used, desc
+
+
+def _load_eval_split(name, data_dir, split, models, tc):
+    """:func:`load_eval_dataset`'s images, before the class check: ``(dataset,
+    split_used, description)``."""
+    from .data import load_dataset, train_val_split
+
     # As prepare_data: rescaled at load time to the side training used when it did not
     # rescale (a folder's None there keeps native sizes).
     scale = next((em.train_scale for em in models if em.train_scale is not None), None)
