@@ -156,7 +156,7 @@ def render(report):
         render_study(study, w)
     else:
         w("*The CIFAR-10 study (Tables 3-6) has not been measured for this file yet: "
-          "`python experiments/paper_tables.py` runs it (113 minutes measured on a 2-core CPU).*")
+          "`python experiments/paper_tables.py` runs it (146 minutes measured on a 2-core CPU).*")
         w("")
     demo = report.get("imagenet_demo")
     if demo:

@@ -91,7 +91,7 @@ class Settings:
     width: float = 0.25
     hidden: int | None = None     # None: 4096 * width, as the command line
     batch_norm: bool = True
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 128
     crop_padding: int = 4
     n_train: int | None = None

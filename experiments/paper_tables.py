@@ -12,7 +12,7 @@ against error with the seed spread, a verdict on each claim (seed-averaged diffe
 
 Usage (from the repository root)::
 
-    python experiments/paper_tables.py                       # the study (113 min measured, 2-core CPU)
+    python experiments/paper_tables.py                       # the study (146 min measured, 2-core CPU)
     python experiments/paper_tables.py --quick --out /tmp/q  # the whole pipeline in < 2 min
     python experiments/paper_tables.py --no-study            # re-render from the JSON
     python experiments/paper_tables.py --imagenet-demo --no-study   # only the 224-pixel section
@@ -84,7 +84,7 @@ def main(argv=None):
     p.add_argument("--results", default=None, help="where paper_tables.md/.json go (default "
                    "experiments/results; OUT with --quick)")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs of every run (default {Settings.epochs}: 113 minutes measured on 2 cores; the time grows in proportion)")
+                   help=f"epochs of every run (default {Settings.epochs}: 146 minutes measured on 2 cores; the time grows in proportion)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs trained at a time, one worker process each on one thread "
                         "(default: 2, or 1 on a 1-core machine; 1 trains in this process on "
