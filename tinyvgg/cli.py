@@ -261,10 +261,19 @@ def _config_from_args(args):
     kw = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "recipe"}
     if kw.get("batch_norm") is None:  # neither --batch-norm nor --no-batch-norm: the default
         kw.pop("batch_norm", None)
-    elif not kw["batch_norm"] and str(kw.get("model", "")).strip().lower().endswith(("_bn", "-bn")):
+    elif not kw["batch_norm"] and _names_batch_norm(kw.get("model")):
         raise ValueError(f"--model {kw['model']} has BatchNorm and --no-batch-norm asks for none: "
                          f"give --model {kw['model'].strip()[:-3]} for a network without it")
     return TrainConfig.from_recipe(getattr(args, "recipe", "default"), **kw)
+
+
+def _names_batch_norm(model):
+    """Whether the model name alone asks for BatchNorm (a "_bn" suffix: vgg11_bn)."""
+    from .models import resolve_name
+    try:
+        return resolve_name(model)[1]
+    except ValueError:  # an unknown name: reported with the valid ones when the model is built
+        return False
 
 
 def _setting_hooks(cfg):
