@@ -26,6 +26,10 @@ threads) that the step's arithmetic reaches, and the peak memory of a step
 (tracemalloc for NumPy; peak RSS of a fresh process for both). ``--profile`` adds where
 each step's time goes by layer type: tinyvgg's layers timed by wrapping them, PyTorch's
 with ``torch.profiler`` in its own process, side by side with the gap between them.
+On a multi-core CPU tinyvgg's step is also timed on replicas (``--replicas N``,
+default one per worker thread: :class:`tinyvgg.replicas.Replicas`, the model and
+helper processes each stepping a share of the batch, what ``tinyvgg train`` runs by
+default there) in a third process of the same alternating blocks.
 Results go to ``<out>/bench_train.json`` and ``<out>/bench_train.md``.
 """
 
@@ -66,8 +70,9 @@ def make_batch(n, size, classes, seed=0):
     return x, y
 
 
-def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm):
-    """A closure running one tinyvgg training step, and the model."""
+def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm, replicas=1):
+    """A closure running one tinyvgg training step, and the model; with ``replicas`` > 1
+    the step of ``tinyvgg train --replicas N`` (:class:`tinyvgg.replicas.Replicas`)."""
     from tinyvgg import backend
     from tinyvgg.losses import SoftmaxCrossEntropy
     from tinyvgg.models import vgg
@@ -79,6 +84,15 @@ def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm):
     loss_fn = SoftmaxCrossEntropy()
     x, y = make_batch(batch, size, classes)
     x, y = backend.to_device(x), backend.to_device(y)
+    if replicas > 1:
+        from tinyvgg.replicas import Replicas
+        split = Replicas(model, loss_fn, replicas, max_batch=batch)
+
+        def split_step():
+            split.forward_backward(x, y)
+            opt.step()
+        split_step.replicas = split  # (kept alive with the closure)
+        return split_step, model
 
     def step():
         logits = model.forward(x, train=True)
@@ -227,7 +241,8 @@ def probe(spec):
     untimed ones."""
     import time
     key, name, size, width, batch, classes, hidden, batch_norm = spec["config"]
-    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm)
+    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm,
+                               replicas=spec.get("replicas", 1) if spec["lib"] == "replicas" else 1)
     if spec["lib"] == "torch":
         import torch
         step, _ = torch_step(torch, model, size, batch, classes, "cpu")
@@ -262,6 +277,10 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="also time each layer type's forward and backward inside tinyvgg's step "
                         "(and inside PyTorch's, with torch.profiler, when it is installed)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="also time tinyvgg's step on this many replicas (tinyvgg.replicas, what `tinyvgg "
+                        "train` uses by default on a multi-core CPU); default: one per worker thread "
+                        "(none on one core); 1: not timed")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe:
@@ -270,6 +289,9 @@ def main(argv=None):
         raise SystemExit("bench_train: the CPU benchmark (the GPU one is benchmarks/gpu_check.sh)")
     rss_mode = args.rss or ("none" if args.quick else "all")
     rounds = args.rounds or (1 if args.quick else 3)
+    if args.replicas is None:
+        from tinyvgg.ops.cpu import parallel
+        args.replicas = parallel.workers()
     torch, _, _, info = C.start(args)
     info["pinning_variables"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     # The GEMM ceiling, here in the parent process, with BLAS at its default threads.
@@ -287,11 +309,12 @@ def main(argv=None):
         step()
         t_one = C.time_once(step, lambda: None)
         steps = 2 if args.quick else int(max(3, min(40, args.block_seconds / t_one)))
-        libs = ["tinyvgg"] + (["torch"] if torch is not None else [])
+        libs = ["tinyvgg"] + (["replicas"] if args.replicas > 1 else []) + (["torch"] if torch is not None else [])
         times = {lib: [] for lib in libs}
         for _ in range(rounds):
             for lib in libs:
-                r = C.run_probe(script, {"config": list(cfg), "lib": lib, "mode": "time", "steps": steps})
+                r = C.run_probe(script, {"config": list(cfg), "lib": lib, "mode": "time", "steps": steps,
+                                         "replicas": args.replicas})
                 if r is None:
                     raise SystemExit(f"bench_train: the {lib} timing process failed for {key}")
                 times[lib] += r["times"]
@@ -306,6 +329,11 @@ def main(argv=None):
         row["torch_gemm_ceiling_share"] = (flops / row["torch_step_s"] / 1e9 / ceiling
                                            if row["torch_step_s"] else None)
         row["ratio"] = C.ratio(row["tinyvgg_step_s"], row["torch_step_s"])
+        if "replicas" in med:
+            row["replicas"] = args.replicas
+            row["replicas_step_s"] = med["replicas"]
+            row["replicas_ratio"] = C.ratio(med["replicas"], row["torch_step_s"])
+            row["replicas_gemm_ceiling_share"] = flops / med["replicas"] / 1e9 / ceiling
         from bench_layers import release_scratch
         release_scratch()
         row["tinyvgg_peak_traced_bytes"] = C.traced_peak(step)
@@ -324,7 +352,9 @@ def main(argv=None):
         rows.append(row)
         print(f"{key:20s} step {C.fmt_ms(row['tinyvgg_step_s']):>9s} ms  torch {C.fmt_ms(row['torch_step_s']):>9s} ms"
               f"  ratio {C.fmt_x(row['ratio'])}  ({row['tinyvgg_images_per_s']:.1f} img/s, "
-              f"{100 * row['tinyvgg_gemm_ceiling_share']:.0f}% of the GEMM ceiling)", flush=True)
+              f"{100 * row['tinyvgg_gemm_ceiling_share']:.0f}% of the GEMM ceiling)"
+              + (f"; {args.replicas} replicas {C.fmt_ms(row['replicas_step_s'])} ms, ratio "
+                 f"{C.fmt_x(row['replicas_ratio'])}" if "replicas_step_s" in row else ""), flush=True)
 
     info["loadavg_at_end"] = C.loadavg()
     payload = {"benchmark": "bench_train", "quick": args.quick, "machine": info, "targets": TARGETS,
@@ -353,6 +383,12 @@ def markdown(payload):
               f"- GEMM ceiling: NumPy's sgemm on 2048 x 2048 matrices, {payload['gemm_ceiling_gflops']:.0f} "
               "GFLOP/s in this run; \"% ceiling\" = the step's arithmetic (2 x multiply-adds of every "
               "convolution and Linear layer's forward, dW and dx) / step time / ceiling", ""]
+    reps = [r for r in rows if "replicas_step_s" in r]
+    if reps:
+        lines[-1:-1] = [f"- replicas: the same step on {reps[0]['replicas']} replicas (`tinyvgg.replicas`: the "
+                        f"model and helper processes, each stepping a share of the batch, BatchNorm "
+                        f"synchronised; what `tinyvgg train` runs by default on a multi-core CPU), timed in "
+                        f"its own process in the same alternating blocks"]
     headers = ["network", "hidden", "batch", "params", "GFLOP/step", "step ms", "torch step ms", "ratio",
                "% ceiling", "torch % ceiling", "img/s", "torch img/s", "peak MB (tracemalloc)",
                "peak MB (RSS)", "torch peak MB (RSS)"]
@@ -364,6 +400,13 @@ def markdown(payload):
             C.fmt_f(r["tinyvgg_images_per_s"], 1), C.fmt_f(r["torch_images_per_s"], 1),
             C.fmt_mb(r.get("tinyvgg_peak_traced_bytes")), C.fmt_mb(r.get("tinyvgg_peak_rss_bytes")),
             C.fmt_mb(r.get("torch_peak_rss_bytes"))] for r in rows]
+    if reps:
+        at = headers.index("% ceiling")
+        headers[at:at] = ["replicas step ms", "replicas ratio", "replicas % ceiling"]
+        for tr, r in zip(trs, rows):
+            tr[at:at] = ([C.fmt_ms(r["replicas_step_s"]), C.fmt_x(r["replicas_ratio"]),
+                          f"{100 * r['replicas_gemm_ceiling_share']:.0f}%"] if "replicas_step_s" in r
+                         else ["n/a"] * 3)
     lines += [C.table(headers, trs), "",
               "Peak memory of one step above what the process held before it (the model, its "
               "optimiser state and the batch already exist): tracemalloc in this process after the "
@@ -405,10 +448,17 @@ def markdown(payload):
     for key, limit in payload["targets"].items():
         if key in by:
             lines.append(C.target_line(f"training step {key}", by[key]["ratio"], limit))
+            if "replicas_ratio" in by[key]:
+                lines.append(C.target_line(f"training step {key} on {by[key]['replicas']} replicas",
+                                           by[key]["replicas_ratio"], limit))
     if "vgg11-32-w1" in by:
         share = by["vgg11-32-w1"]["tinyvgg_gemm_ceiling_share"]
         lines.append(f"- training step vgg11-32-w1 at {100 * share:.0f}% of the GEMM ceiling, target >= 50%: "
                      + ("met" if share >= 0.5 else f"**missed** by {50 - 100 * share:.0f} points"))
+        if "replicas_gemm_ceiling_share" in by["vgg11-32-w1"]:
+            share = by["vgg11-32-w1"]["replicas_gemm_ceiling_share"]
+            lines.append(f"- the same on replicas at {100 * share:.0f}% of the GEMM ceiling: "
+                         + ("met" if share >= 0.5 else f"**missed** by {50 - 100 * share:.0f} points"))
     return "\n".join(lines)
 
 

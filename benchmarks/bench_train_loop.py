@@ -49,16 +49,17 @@ TARGET = 1.25
 PINNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None, ranks=None):
+def tinyvgg_run(data_dir, limit, batch, epochs, out, env, root=None, ranks=None, extra=()):
     """Images per second of each training epoch of ``python -m tinyvgg train`` (of the
-    checkout ``root``, default this one); with ``ranks``, of ``mpirun -n ranks python
-    -m tinyvgg train ... --data-parallel`` (the global batch is ``batch``)."""
+    checkout ``root``, default this one, with the options ``extra`` added); with
+    ``ranks``, of ``mpirun -n ranks python -m tinyvgg train ... --data-parallel`` (the
+    global batch is ``batch``)."""
     launch = [] if not ranks else [*_launcher(), "-n", str(ranks)]
     cmd = [*launch, sys.executable, "-m", "tinyvgg", "train", "--model", MODEL["model"], "--batch-norm",
            "--width", str(MODEL["width"]), "--hidden", str(MODEL["hidden"]), "--epochs", str(epochs),
            "--dataset", "folder", "--data-dir", str(data_dir), "--limit", str(limit),
            "--val-size", "0.1", "--batch-size", str(batch), "--seed", "1", "--out", str(out)]
-    cmd += ["--data-parallel"] if ranks else []
+    cmd += (["--data-parallel"] if ranks else []) + list(extra)
     root = Path(root or C.REPO)
     env = dict(env, PYTHONPATH=str(root) + os.pathsep + env.get("PYTHONPATH", ""))
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
@@ -170,9 +171,10 @@ def measure(args, env, label):
                     dp.append(tinyvgg_run(data_dir, args.limit, batch, args.epochs, Path(tmp) / f"dp{batch}_{r}",
                                           env, ranks=args.ranks))
                     msg += f", tinyvgg train on {args.ranks} ranks {dp[-1][0][-1]:.0f} img/s"
-                if args.compare_root:
+                if args.compare_root or args.compare_args:
                     other.append(tinyvgg_run(data_dir, args.limit, batch, args.epochs,
-                                             Path(tmp) / f"cmp{batch}_{r}", env, args.compare_root)[0])
+                                             Path(tmp) / f"cmp{batch}_{r}", env, args.compare_root,
+                                             extra=args.compare_args.split())[0])
                     msg += f", {args.compare_label} {other[-1][-1]:.0f} img/s"
                 print(msg, flush=True)
             steady_tv = float(np.median([x[-1] for x in tv]))
@@ -211,6 +213,9 @@ def main(argv=None):
                         "batch; each rank takes its share of the cores) in every round")
     p.add_argument("--compare-root", default=None,
                    help="another checkout whose `tinyvgg train` also runs in every round (e.g. the code before a change)")
+    p.add_argument("--compare-args", default="",
+                   help="options added to the compared run's command (e.g. \"--replicas 1\": this checkout "
+                        "without replicas, when --compare-root is not given)")
     p.add_argument("--compare-label", default="before", help="its name in the report")
     p.add_argument("--out", default=str(C.REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
@@ -235,8 +240,9 @@ def main(argv=None):
     for label, e in configs:
         results[label] = {"blas": blas_of(e), "rows": measure(args, e, label)}
     payload = {"benchmark": "bench_train_loop", "quick": args.quick, "machine": info, "model": MODEL,
-               "compare": ({"root": args.compare_root, "label": args.compare_label, "commit": _commit(args.compare_root)}
-                           if args.compare_root else None), "commit": _commit(C.REPO),
+               "compare": ({"root": args.compare_root or str(C.REPO), "label": args.compare_label,
+                            "commit": _commit(args.compare_root or C.REPO), "args": args.compare_args}
+                           if args.compare_root or args.compare_args else None), "commit": _commit(C.REPO),
                "limit": args.limit, "epochs": args.epochs, "rounds": args.rounds, "target": TARGET,
                "ranks": args.ranks or None,
                "results": results}
@@ -290,7 +296,8 @@ def markdown(payload):
         if ranks:
             headers += [f"tinyvgg train, {ranks} MPI ranks img/s", f"time ratio ({ranks} ranks)"]
         if cmp:
-            headers += [f"{cmp['label']} ({cmp['commit']}) img/s", f"speed-up over {cmp['label']}"]
+            what = f"{cmp['commit']}" + (f", `{cmp['args']}`" if cmp.get("args") else "")
+            headers += [f"{cmp['label']} ({what}) img/s", f"speed-up over {cmp['label']}"]
         lines += [C.table(headers, trs), ""]
         for r in res["rows"]:
             lines.append(C.target_line(f"`tinyvgg train` at batch {r['batch']}", r["ratio"], payload["target"]))

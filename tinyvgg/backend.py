@@ -48,6 +48,7 @@ device that holds the activations.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -69,6 +70,7 @@ __all__ = [
     "seed",
     "rng",
     "host_rng",
+    "thread_rng",
     "transfer_counts",
     "reset_transfer_counts",
     "gpu_available",
@@ -337,6 +339,20 @@ def seed(n):
     _global["device"].seed(n)
 
 
+@contextlib.contextmanager
+def thread_rng(seed):
+    """Within the block, :func:`rng` returns a NumPy generator seeded with ``seed``
+    for the calling thread only (the CPU backend). Threads that draw dropout masks
+    side by side (:class:`tinyvgg.replicas.Replicas`) each draw from their own
+    generator, so the masks do not depend on which thread drew first."""
+    before = getattr(_state, "rng", None)
+    _state.rng = numpy.random.default_rng(seed)
+    try:
+        yield _state.rng
+    finally:
+        _state.rng = before
+
+
 def host_rng():
     """The seeded NumPy generator used for initial weights and data order."""
     return _host_rng
@@ -345,12 +361,14 @@ def host_rng():
 def rng():
     """A seeded generator on the current device (for dropout masks).
 
-    On the CPU this is :func:`host_rng`; on the GPU a ``cupy.random`` generator
-    seeded from the same seed.
+    On the CPU this is :func:`host_rng`, or this thread's own generator inside
+    :func:`thread_rng`; on the GPU a ``cupy.random`` generator seeded from the
+    same seed.
     """
     dev = _global["device"]
     if dev.is_host:
-        return _host_rng
+        own = getattr(_state, "rng", None)
+        return _host_rng if own is None else own
     if _device_rng["gen"] is None or _device_rng["for"] is not dev:
         gen = getattr(dev.xp.random, "default_rng", None)
         _device_rng["gen"] = gen(_global["seed"]) if gen else dev.xp.random.RandomState(_global["seed"])

@@ -164,6 +164,11 @@ def _add_train_args(p, defaults):
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
     p.add_argument("--log-every", type=int, default=defaults.log_every)
     p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "float64"])
+    p.add_argument("--replicas", type=int, default=None,
+                   help="copies of the model on this machine's cores, each stepping a share of every "
+                        "batch in a process of its own (the step is the whole batch's: BatchNorm is "
+                        "synchronised); default: one per core on the CPU when a step is large enough; "
+                        "1: none")
 
 
 def _add_evaluate_args(p):

@@ -116,6 +116,9 @@ class TrainConfig:
     doctor: bool = False
     doctor_every: int = 50
     dtype: str = "float32"
+    # Copies of the model on this machine's cores, each stepping a share of every batch in a
+    # process of its own (tinyvgg.replicas); None: tinyvgg.replicas.default_replicas decides.
+    replicas: int | None = None
     # How --limit and the validation hold-out are drawn: "stratified" (seeded, class
     # proportions kept); "shuffle" is how runs saved before it drew them (a resumed or
     # evaluated old run rebuilds the same split).
@@ -212,6 +215,9 @@ def _check_options(cfg):
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise ValueError(f"--out {cfg.out} is a file, not a folder: give a folder for the run's "
                          f"files (checkpoint, history, plots)")
+    if cfg.replicas is not None and (not whole(cfg.replicas) or cfg.replicas < 1):
+        raise ValueError(f"--replicas must be a whole number of at least 1 (1: no replicas; left "
+                         f"out: one per core when a step is large enough), got {cfg.replicas!r}")
     if cfg.split_seed is not None and (not whole(cfg.split_seed) or cfg.split_seed < 0):
         raise ValueError(f"--split-seed must be a whole number of at least 0, got {cfg.split_seed!r}")
     if cfg.limit is not None and (not whole(cfg.limit) or cfg.limit < 1):
@@ -364,6 +370,7 @@ class Trainer:
         self.history = []
         self.loss_fn = SoftmaxCrossEntropy(label_smoothing=cfg.label_smoothing)
         self._data = data
+        self.replicas = None  # set by setup(): tinyvgg.replicas.Replicas, or None
         self.epoch = 0          # epochs completed
         self.step_in_epoch = 0  # batches completed in the current epoch
         self.global_step = 0
@@ -412,6 +419,7 @@ class Trainer:
                                      dtype=dtype)
         self.test_loader = DataLoader(d["test"], cfg.eval_batch_size, d["eval_transform"], shuffle=False,
                                       dtype=dtype)
+        self.replicas = self._replicas()
         self.optimizer = SGD(self.model, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                              nesterov=cfg.nesterov, decay_bias_and_norm=cfg.decay_bias_and_norm)
         self.schedule = make_schedule(cfg.schedule, self.optimizer, epochs=cfg.epochs,
@@ -433,6 +441,31 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         return self
+
+    def _replicas(self):
+        """The :class:`tinyvgg.replicas.Replicas` that step the batches (``cfg.replicas``, or
+        :func:`tinyvgg.replicas.default_replicas`), or None: the model steps them itself."""
+        from .replicas import Replicas, default_replicas
+
+        cfg = self.cfg
+        n = cfg.replicas if cfg.replicas is not None else default_replicas(self.model, cfg.batch_size,
+                                                                             self.world)
+        if n <= 1:
+            return None
+        if self.world > 1:
+            raise ValueError(f"--replicas {n} with --data-parallel: the MPI ranks share the cores "
+                             f"already; leave --replicas out (or give 1)")
+        if cfg.batch_size < n:
+            raise ValueError(f"--replicas {n} needs batches of at least {n} images (one per replica); "
+                             f"got --batch-size {cfg.batch_size}")
+        try:
+            replicas = Replicas(self.model, self.loss_fn, n, max_batch=cfg.batch_size)
+        except ValueError as e:
+            raise ValueError(f"--replicas {n}: {e}") from None
+        if self.is_main:
+            print(f"replicas: {n} (the model and {n - 1} helper process{'es' if n > 2 else ''}, each "
+                  f"stepping a share of every batch; --replicas 1 turns them off)", flush=True)
+        return replicas
 
     def _init_weights_from(self, path):
         """Copy the weights of checkpoint ``path`` into the new model (same architecture:
@@ -512,11 +545,16 @@ class Trainer:
                 x, y = self._shard(x, y)
                 # Dropout masks of step (epoch, b) depend only on them: exact resume.
                 backend.seed(hash((cfg.seed, self.epoch, b, self.rank)) & 0x7FFFFFFF)
-                logits = model.forward(x, train=True)
-                loss = loss_fn.forward(logits, y)
-                if not backend.is_device_array(loss) and not math.isfinite(loss):
-                    raise self._diverged(loss)
-                model.backward(loss_fn.backward(), input_grad=False)  # no dx for the images
+                if self.replicas is not None:  # the same passes, the batch split over the cores
+                    logits, loss = self.replicas.forward_backward(x, y)
+                    if not math.isfinite(loss):
+                        raise self._diverged(loss)
+                else:
+                    logits = model.forward(x, train=True)
+                    loss = loss_fn.forward(logits, y)
+                    if not backend.is_device_array(loss) and not math.isfinite(loss):
+                        raise self._diverged(loss)
+                    model.backward(loss_fn.backward(), input_grad=False)  # no dx for the images
                 for h in self.hooks:
                     if hasattr(h, "after_backward"):
                         h.after_backward(self, self.global_step)
@@ -605,6 +643,8 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.replicas is not None:
+                self.replicas.close()
         return self.finish()
 
     def _log_epoch(self, record):
@@ -700,7 +740,7 @@ def resume_config(cfg, resume):
 
 
 # What --resume takes from the command line rather than from the run it continues.
-_RESUME_GIVEN = ("epochs", "progress", "device", "log_every", "out")
+_RESUME_GIVEN = ("epochs", "progress", "device", "log_every", "out", "replicas")
 
 
 def _note_ignored(cfg, kept, what):

@@ -28,10 +28,15 @@ used 1.9 cores of CPU time for 1.0 of work that way.
 number of workers; 1 turns all of this off and gives BLAS its threads back
 (chunks run in order on the calling thread, each product on BLAS's threads).
 The default is the number of BLAS threads.
+
+Inside ``one_core()`` the ops called from that thread run their chunks in order
+on it (BLAS single-threaded): for threads that each hold a share of the work
+already, such as the model replicas of :mod:`tinyvgg.replicas`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -39,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from ...backend import get_array_module
 
 __all__ = ["run", "split", "slices", "sum_in_order", "matmul", "workers", "set_workers", "set_threads",
-           "MIN_TASK_FLOPS", "MIN_TASK_BYTES"]
+           "one_core", "MIN_TASK_FLOPS", "MIN_TASK_BYTES"]
 
 MIN_TASK_FLOPS = 25e6  # the smallest product worth handing to another worker thread
 MIN_TASK_BYTES = 1 << 19  # the smallest slice of an element-wise pass worth another worker
@@ -53,6 +58,7 @@ CALLER_RUNS_A_TASK = True
 
 _state = {"workers": None, "executor": None, "controller": None, "blas_limit": None, "process_limit": None}
 _lock = threading.Lock()
+_thread = threading.local()  # .one_core: this thread runs its ops' chunks itself (one_core())
 
 
 def _default_workers():
@@ -78,7 +84,9 @@ def _controller():
 
 
 def workers():
-    """Number of worker threads the ops use for NumPy arrays."""
+    """Number of worker threads the ops use for NumPy arrays (1 inside :func:`one_core`)."""
+    if getattr(_thread, "one_core", False):
+        return 1
     if _state["workers"] is None:
         _state["workers"] = _default_workers()
     return _state["workers"]
@@ -95,6 +103,24 @@ def set_workers(n):
             _state["executor"] = None
         if n == 1:
             _restore_blas()
+
+
+@contextlib.contextmanager
+def one_core():
+    """Within the block, every op called from this thread runs its chunks in order
+    on this thread, each product on single-threaded BLAS: the thread is one core's
+    worth of a larger job (a model replica holding a share of the batch,
+    :class:`tinyvgg.replicas.Replicas`), and splitting its ops again would only
+    add hand-offs. Other threads keep the worker threads. Nests."""
+    if workers() > 1 and _controller() is not None:
+        with _lock:  # BLAS stays single-threaded while the workers are on (module notes)
+            _single_threaded_blas()
+    before = getattr(_thread, "one_core", False)
+    _thread.one_core = True
+    try:
+        yield
+    finally:
+        _thread.one_core = before
 
 
 def set_threads(n):

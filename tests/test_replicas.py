@@ -1,0 +1,227 @@
+"""Replicas in helper processes (tinyvgg.replicas): the split step is the whole batch's step
+(checked in float64 against the model stepping the batch itself), a failing or dying
+replica raises instead of hanging, and the trainer and command line use them."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyvgg import backend, checkpoint
+from tinyvgg.cli import main
+from tinyvgg.losses import SoftmaxCrossEntropy
+from tinyvgg.models import vgg
+from tinyvgg.ops.cpu import parallel
+from tinyvgg.replicas import MIN_STEP_MACS, ReplicaError, Replicas, default_replicas
+from tinyvgg.train import TrainConfig, Trainer, train
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="replicas need a POSIX system")
+
+
+def tiny(batch_norm=True, dropout=0.0, dtype=np.float64, seed=0):
+    backend.seed(seed)
+    return vgg("vgg11", num_classes=10, input_size=32, width=1 / 16, hidden=32, batch_norm=batch_norm,
+               dropout=dropout, dtype=dtype)
+
+
+def batch(n, seed=1, dtype=np.float64):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, 3, 32, 32)).astype(dtype), r.integers(0, 10, n)
+
+
+def whole_step(model, x, y):
+    """The reference: the model steps the whole batch itself."""
+    loss_fn = SoftmaxCrossEntropy()
+    logits = model.forward(x, train=True)
+    loss = loss_fn.forward(logits, y)
+    model.backward(loss_fn.backward(), input_grad=False)
+    return logits, loss
+
+
+def assert_same_step(model, ref, logits, loss, ref_logits, ref_loss):
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-12, atol=1e-12)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for (name, _, g), (_, _, want) in zip(model.named_parameters(), ref.named_parameters()):
+        # atol: a convolution's bias before BatchNorm has a gradient of zero plus rounding
+        np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-13 * max(1.0, np.abs(want).max()),
+                                   err_msg=name)
+    for (name, b), (_, want) in zip(model.named_buffers(), ref.named_buffers()):
+        np.testing.assert_allclose(b, want, rtol=1e-12, err_msg=name)
+
+
+def check_split_step(reps, ref, x, y):
+    """``reps`` steps (x, y) split; ``ref``, a model with the same state, steps it whole."""
+    ref_logits, ref_loss = whole_step(ref, x, y)
+    logits, loss = reps.forward_backward(x, y)
+    assert_same_step(reps.model, ref, logits, loss, ref_logits, ref_loss)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("n, size", [(2, 9), (3, 7)])
+def test_split_step_is_the_whole_batch_step_in_float64(batch_norm, n, size):
+    """Uneven shares too (9 images on 2 replicas, 7 on 3): the gradients, the logits, the
+    loss and BatchNorm's running statistics equal the model's own step up to rounding."""
+    x, y = batch(size)
+    ref = tiny(batch_norm)
+    ref_logits, ref_loss = whole_step(ref, x, y)
+    model = tiny(batch_norm)
+    reps = Replicas(model, SoftmaxCrossEntropy(), n, max_batch=size)
+    try:
+        logits, loss = reps.forward_backward(x, y)
+        assert (reps.steps, reps.whole) == (1, 0)
+        assert_same_step(model, ref, logits, loss, ref_logits, ref_loss)
+        # a second step after an update of the parameters (the helpers must see it)
+        for (_, p, g), (_, q, h) in zip(model.named_parameters(), ref.named_parameters()):
+            p -= 0.1 * g
+            q -= 0.1 * h
+        check_split_step(reps, ref, *batch(size, seed=2))
+    finally:
+        reps.close()
+
+
+def test_dropout_masks_are_drawn_in_every_replica_and_reproducible():
+    x, y = batch(8)
+    runs = []
+    for _ in range(2):
+        model = tiny(batch_norm=False, dropout=0.5)
+        reps = Replicas(model, SoftmaxCrossEntropy(), 2, max_batch=8)
+        try:
+            backend.seed(5)
+            logits, _ = reps.forward_backward(x, y)
+        finally:
+            reps.close()
+        runs.append((logits, [g.copy() for _, _, g in model.named_parameters()]))
+    no_dropout = model.forward(x, train=False)  # no BatchNorm: train mode without dropout
+    for rows in (slice(0, 4), slice(4, 8)):  # both shares were dropped out
+        assert not np.allclose(runs[0][0][rows], no_dropout[rows])
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.parametrize("bad", [0, 8], ids=["in-the-model's-share", "in-the-helper's-share"])
+def test_an_error_in_any_replica_is_raised_and_the_next_step_works(batch_norm, bad):
+    x, y = batch(9)
+    y_bad = y.copy()
+    y_bad[bad] = 99  # a label outside the 10 classes: the loss refuses it
+    model = tiny(batch_norm)
+    reps = Replicas(model, SoftmaxCrossEntropy(), 2, max_batch=9)
+    try:
+        with pytest.raises(ValueError, match="labels must lie in"):
+            reps.forward_backward(x, y_bad)
+        ref = tiny(batch_norm)
+        for (_, p, _), (_, q, _) in zip(model.named_parameters(), ref.named_parameters()):
+            q[...] = p
+        for (_, b), (_, c) in zip(model.named_buffers(), ref.named_buffers()):
+            c[...] = b  # (the failed step's forward updated the running statistics)
+        check_split_step(reps, ref, x, y)
+    finally:
+        reps.close()
+
+
+def test_a_helper_that_dies_is_a_replica_error_not_a_hang():
+    x, y = batch(8)
+    reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
+    try:
+        reps.forward_backward(x, y)
+        reps._procs[0].kill()
+        reps._procs[0].wait()
+        with pytest.raises(ReplicaError, match="replica process 1"):
+            reps.forward_backward(x, y)
+    finally:
+        reps.close()
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = 0
+
+    def after_forward(self, name, layer, y, train):
+        self.calls += 1
+
+
+def test_hooks_and_small_batches_make_a_whole_step():
+    """Model hooks (the doctor) would see one process only, and a batch of fewer images
+    than replicas cannot be split: both run whole, on the model, and give its step."""
+    model = tiny()
+    reps = Replicas(model, SoftmaxCrossEntropy(), 3, max_batch=8)
+    try:
+        check_split_step(reps, tiny(), *batch(2))
+        hook = model.add_hook(Recorder())
+        x, y = batch(8)
+        reps.forward_backward(x, y)
+        assert hook.calls == len(model.layers)
+        assert (reps.steps, reps.whole) == (0, 2) and reps._block is None  # no helper was started
+    finally:
+        reps.close()
+
+
+def test_bad_arguments_are_value_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="n must be a whole number of at least 2"):
+        Replicas(model, SoftmaxCrossEntropy(), 1, max_batch=8)
+    with pytest.raises(ValueError, match="max_batch"):
+        Replicas(model, SoftmaxCrossEntropy(), 4, max_batch=2)
+
+
+def test_default_is_one_per_core_for_large_steps_only(monkeypatch):
+    monkeypatch.setattr(parallel, "workers", lambda: 2)
+    small = tiny(dtype=np.float32)
+    per_image = sum(r["macs"] for r in small.layer_table())
+    assert default_replicas(small, 8) == 1
+    big_batch = int(MIN_STEP_MACS // per_image) + 1
+    assert default_replicas(small, big_batch) == 2
+    assert default_replicas(small, big_batch, world=2) == 1  # MPI ranks share the cores already
+    monkeypatch.setattr(parallel, "workers", lambda: 1)
+    assert default_replicas(small, big_batch) == 1
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """3 classes x 8 RGB PNGs of 32 x 32 whose colour says the class."""
+    root = tmp_path_factory.mktemp("replicas") / "train"
+    r = np.random.default_rng(0)
+    for k, c in enumerate([(220, 40, 40), (40, 220, 40), (40, 40, 220)]):
+        (root / f"class{k}").mkdir(parents=True)
+        for i in range(8):
+            img = np.clip(np.array(c) + r.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / f"class{k}" / f"{i}.png")
+    return root
+
+
+def config(folder, out, **kw):
+    return TrainConfig(**{**dict(model="vgg11", dataset="folder", data_dir=str(folder), epochs=2, batch_size=6,
+                                 lr=0.05, width=1 / 16, hidden=16, batch_norm=True, schedule="cosine",
+                                 val_size=0.25, seed=3, out=str(out), progress=False, dtype="float64"), **kw})
+
+
+def test_training_with_replicas_ends_with_the_weights_of_training_without(folder, tmp_path, capsys):
+    """Two epochs of `train` in float64 (BatchNorm, no dropout): with 2 replicas the
+    weights end where the model stepping every batch itself ends, up to rounding."""
+    train(config(folder, tmp_path / "whole", replicas=1))
+    assert "replicas:" not in capsys.readouterr().out
+    train(config(folder, tmp_path / "split", replicas=2))
+    assert "replicas: 2" in capsys.readouterr().out
+    a = checkpoint.load(tmp_path / "whole" / "checkpoint.npz").model.state_dict()
+    b = checkpoint.load(tmp_path / "split" / "checkpoint.npz").model.state_dict()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+def test_trainer_refuses_replicas_it_cannot_use(folder, tmp_path):
+    with pytest.raises(ValueError, match="--data-parallel"):
+        Trainer(config(folder, tmp_path / "a", replicas=2), shard=(0, 2)).setup()
+    with pytest.raises(ValueError, match="batches of at least 3 images"):
+        Trainer(config(folder, tmp_path / "b", replicas=3, batch_size=2)).setup()
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_command_line_replicas_below_1_exit_2(folder, tmp_path, capsys, value):
+    status = main(["train", "--dataset", "folder", "--data-dir", str(folder), "--width", "0.0625",
+                   "--hidden", "8", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                   "--out", str(tmp_path / "run"), "--replicas", value])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "--replicas must be a whole number of at least 1" in err and "Traceback" not in err
