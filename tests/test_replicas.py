@@ -3,6 +3,7 @@
 replica raises instead of hanging, and the trainer and command line use them."""
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tinyvgg.cli import main
 from tinyvgg.losses import SoftmaxCrossEntropy
 from tinyvgg.models import vgg
 from tinyvgg.ops.cpu import parallel
-from tinyvgg.replicas import MIN_STEP_MACS, ReplicaError, Replicas, default_replicas
+from tinyvgg.replicas import MAX_IMAGE_MACS, MIN_STEP_MACS, ReplicaError, Replicas, default_replicas
 from tinyvgg.train import TrainConfig, Trainer, train
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="replicas need a POSIX system")
@@ -174,6 +175,9 @@ def test_default_is_one_per_core_for_large_steps_only(monkeypatch):
     big_batch = int(MIN_STEP_MACS // per_image) + 1
     assert default_replicas(small, big_batch) == 2
     assert default_replicas(small, big_batch, world=2) == 1  # MPI ranks share the cores already
+    imagenet = vgg("vgg11", num_classes=10, input_size=224, width=1, hidden=8)
+    assert sum(r["macs"] for r in imagenet.layer_table()) > MAX_IMAGE_MACS
+    assert default_replicas(imagenet, 64) == 1  # large layers: the worker threads do well
     monkeypatch.setattr(parallel, "workers", lambda: 1)
     assert default_replicas(small, big_batch) == 1
 
@@ -208,6 +212,33 @@ def test_training_with_replicas_ends_with_the_weights_of_training_without(folder
     b = checkpoint.load(tmp_path / "split" / "checkpoint.npz").model.state_dict()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-8, atol=1e-10, err_msg=k)
+
+
+class InterruptAt:
+    """A hook that sends this process SIGINT (Ctrl-C) after a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def after_step(self, trainer, step, loss):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_with_replicas_saves_a_checkpoint_and_resume_is_exact(folder, tmp_path, capsys):
+    """The helpers ignore Ctrl-C (the training process saves its checkpoint and ends
+    them); the resumed run ends with the weights of the uninterrupted one, bit for bit:
+    the split, the order of the sums and the dropout seeds are the same."""
+    kw = dict(replicas=2, dropout=0.5, batch_norm=False, lr=0.01)
+    train(config(folder, tmp_path / "full", **kw))
+    with pytest.raises(KeyboardInterrupt):
+        train(config(folder, tmp_path / "cut", **kw), hooks=[InterruptAt(4)])  # mid epoch 2
+    assert "interrupted: checkpoint saved" in capsys.readouterr().out
+    train(config(folder, tmp_path / "cut", **kw), resume=tmp_path / "cut")
+    a = checkpoint.load(tmp_path / "full" / "checkpoint.npz").model.state_dict()
+    b = checkpoint.load(tmp_path / "cut" / "checkpoint.npz").model.state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_trainer_refuses_replicas_it_cannot_use(folder, tmp_path):

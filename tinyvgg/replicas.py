@@ -80,12 +80,16 @@ from . import backend
 from .layers import BatchNorm1d, BatchNorm2d
 from .ops.cpu import parallel
 
-__all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS"]
+__all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX_IMAGE_MACS"]
 
-# default_replicas() uses replicas for steps of at least this many multiply-adds
-# (forward pass of the whole batch): below it, a step's hand-offs (about 30 messages
-# of tens of microseconds) and the parameter copy are a large part of it.
+# default_replicas() uses replicas for steps of at least MIN_STEP_MACS multiply-adds
+# (forward pass of the whole batch; below it, a step's hand-offs, about 30 messages of
+# tens of microseconds, and the parameter copy are a large part of it) on images of at
+# most MAX_IMAGE_MACS each (above it, ImageNet-size inputs, every layer is large enough
+# for the ops' worker threads: VGG-16 at 224 x 224, batch 8, stepped in 3.97 s with them
+# and 4.49 s on 2 replicas, benchmarks/results/replicas_zen5_2026-12-03/bench_train.md).
 MIN_STEP_MACS = 2e8
+MAX_IMAGE_MACS = 2e9
 _SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
 _START_TIMEOUT_S = 120
 
@@ -98,16 +102,17 @@ def default_replicas(model, batch_size, world=1):
     """How many replicas ``tinyvgg train`` uses when ``--replicas`` is not given: one
     per worker thread of the ops (:func:`tinyvgg.ops.cpu.parallel.workers`, the
     cores this process uses) for a step of at least ``MIN_STEP_MACS`` multiply-adds
-    on the CPU backend of a POSIX system; else 1 (no replicas): on the GPU, in each
-    rank of an MPI run (``world`` > 1: the ranks share the cores already), and for
-    the small steps of tests and quick runs."""
+    on images of at most ``MAX_IMAGE_MACS`` each, on the CPU backend of a POSIX
+    system; else 1 (no replicas): on the GPU, in each rank of an MPI run (``world``
+    > 1: the ranks share the cores already), for the small steps of tests and quick
+    runs, and for ImageNet-size images (see the constants)."""
     if world > 1 or os.name != "posix" or not backend.device().is_host:
         return 1
     n = parallel.workers()
     if n < 2 or not hasattr(model, "layer_table"):
         return 1
-    macs = batch_size * sum(row["macs"] for row in model.layer_table())
-    return n if macs >= MIN_STEP_MACS else 1
+    per_image = sum(row["macs"] for row in model.layer_table())
+    return n if batch_size * per_image >= MIN_STEP_MACS and per_image <= MAX_IMAGE_MACS else 1
 
 
 def _batch_norms(model):
