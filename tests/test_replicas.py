@@ -81,6 +81,23 @@ def test_split_step_is_the_whole_batch_step_in_float64(batch_norm, n, size):
         reps.close()
 
 
+def test_parameters_replaced_after_the_first_step_reach_the_helpers():
+    """The model's parameters move to shared memory at the first step; an array the
+    model is given later (a plain assignment, not an in-place update) is moved at the
+    next step, so the helpers never step stale weights."""
+    x, y = batch(8)
+    model, ref = tiny(), tiny()
+    reps = Replicas(model, SoftmaxCrossEntropy(), 2, max_batch=8)
+    try:
+        check_split_step(reps, ref, x, y)
+        for m in (model, ref):
+            conv = m.layers[0]
+            conv.params["weight"] = conv.params["weight"] * 3.0  # a new array
+        check_split_step(reps, ref, x, y)
+    finally:
+        reps.close()
+
+
 def test_dropout_masks_are_drawn_in_every_replica_and_reproducible():
     x, y = batch(8)
     runs = []

@@ -28,8 +28,10 @@ A step (:meth:`Replicas.forward_backward`)
 1. The batch is cut into ``n`` contiguous shares ``x[r*N//n : (r+1)*N//n]``.
    Replica 0 is the model itself, on the calling thread with every op on that
    thread alone (:func:`tinyvgg.ops.cpu.parallel.one_core`); replica ``r`` >= 1
-   runs in its own process with one thread. Before the step, the parameters and
-   the replica's images are copied into memory the processes share.
+   runs in its own process with one thread. The model's parameter arrays are
+   moved into memory the processes share at the first step (SGD updates them in
+   place there; an array the model replaces later is moved at the next step), and
+   every step copies each helper's images there.
 2. Each replica runs the forward pass, the loss and the backward pass of its
    share. BatchNorm is synchronised: its per-channel sums go through the layer's
    ``reduce`` seam (the one MPI training uses), here messages to replica 0, which
@@ -441,8 +443,11 @@ class Replicas:
             self._start()
         b = self._block
         seeds = backend.host_rng().integers(0, 2**63 - 1, size=k)  # dropout: one generator each
-        for name, _, key, layer in self._params:  # the parameters as they are now
-            np.copyto(b[f"p/{name}"], layer.params[key])
+        for name, _, key, layer in self._params:  # the model's parameters live in shared memory
+            shared = b[f"p/{name}"]
+            if layer.params[key] is not shared:  # (the first step, or the model replaced an array)
+                np.copyto(shared, layer.params[key])
+                layer.params[key] = shared
         self._step_id += 1
         for r in range(1, k):
             lo, hi = shares[r]
