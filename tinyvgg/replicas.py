@@ -20,8 +20,10 @@ thousands of short calls. Separate processes have no shared lock. Measured on a
 2-core AMD EPYC (Zen 5), VGG-11-BN width 1/4, batch 64 (2026-12-03): one core's
 step 61 ms, the worker threads' 51 ms, two threads each stepping a batch of 32
 side by side 60-69 ms, two processes each stepping a batch of 32 side by side
-34-40 ms. ``benchmarks/bench_train.py`` and ``benchmarks/bench_train_loop.py``
-time the replicas against PyTorch.
+34-40 ms. ``benchmarks/bench_train.py`` times the step on replicas against
+PyTorch's (there, 2 replicas took VGG-11 width 1/4 from 1.45x to 1.12x PyTorch's
+time, width 1 from 1.21x to 1.00x), ``benchmarks/bench_train_loop.py`` the whole
+``train`` loop, which gains less (``benchmarks/README.md`` says why).
 
 A step (:meth:`Replicas.forward_backward`)
 ------------------------------------------
