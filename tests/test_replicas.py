@@ -273,3 +273,19 @@ def test_command_line_replicas_below_1_exit_2(folder, tmp_path, capsys, value):
     assert status == 2
     err = capsys.readouterr().err
     assert "--replicas must be a whole number of at least 1" in err and "Traceback" not in err
+
+
+def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd):
+    """Ctrl-C can end the training between two BatchNorm meetings: the helper waiting
+    for a total then gets the stop message, and must end quietly (status 0, no
+    traceback) instead of failing on it."""
+    x, y = batch(8)
+    reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
+    reps.forward_backward(x, y)  # starts the helper
+    reps._step_id += 1
+    reps._send(1, ("step", reps._step_id, 4, 8, 0))  # the helper's share of a new step
+    assert reps._next(1)[0] == "sums"  # it waits at the first BatchNorm layer now
+    proc = reps._procs[0]
+    reps.close()
+    assert proc.returncode == 0
+    assert "Traceback" not in capfd.readouterr().err

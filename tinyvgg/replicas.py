@@ -209,7 +209,7 @@ def _portable(e):
 
 class _HelperSum:
     """A helper's BatchNorm ``reduce(s)``: send its sums to replica 0, get the total.
-    A new step's command instead means replica 0 gave this step up (it was
+    A new step's command, or a stop, instead means replica 0 gave this step up (it was
     interrupted): the step ends, and the command is kept in ``pending``."""
 
     def __init__(self, conn, parent):
@@ -219,7 +219,7 @@ class _HelperSum:
         self.conn.send(("sums", self.step, s))
         while True:
             msg = _receive(self.conn, lambda: os.getppid() == self.parent, "the training process")
-            if msg[0] == "step":
+            if msg[0] in ("step", "stop"):
                 self.pending = msg
                 raise _Aborted()
             if msg[1] == self.step:
@@ -268,13 +268,17 @@ def _helper_main():
             for layer, key, out in grads:
                 out[...] = layer.grads[key]
             z[:m] = logits
-            conn.send(("done", step, float(loss)))
+            reply = ("done", step, float(loss))
         except _Aborted:
-            conn.send(("aborted", step))
+            reply = ("aborted", step)
         except ReplicaError:
             return  # the training process is gone
         except BaseException as e:  # noqa: BLE001 - sent to replica 0, which raises it
-            conn.send(("error", step, _portable(e)))
+            reply = ("error", step, _portable(e))
+        try:
+            conn.send(reply)
+        except OSError:
+            return  # the training process closed the connection
 
 
 def _stop(procs, conns):
