@@ -289,3 +289,23 @@ def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd):
     reps.close()
     assert proc.returncode == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_two_seams_are_per_thread():
+    """backend.thread_rng and parallel.one_core change only the calling thread, and only
+    inside their block."""
+    import threading
+    seen = {}
+
+    def other():
+        seen["rng"], seen["workers"] = backend.rng(), parallel.workers()
+
+    host, before = backend.host_rng(), parallel.workers()
+    with backend.thread_rng(7) as own, parallel.one_core():
+        assert backend.rng() is own and parallel.workers() == 1
+        np.testing.assert_array_equal(own.random(3), np.random.default_rng(7).random(3))
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert seen == {"rng": host, "workers": before}
+    assert backend.rng() is host and parallel.workers() == before

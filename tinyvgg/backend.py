@@ -342,9 +342,10 @@ def seed(n):
 @contextlib.contextmanager
 def thread_rng(seed):
     """Within the block, :func:`rng` returns a NumPy generator seeded with ``seed``
-    for the calling thread only (the CPU backend). Threads that draw dropout masks
-    side by side (:class:`tinyvgg.replicas.Replicas`) each draw from their own
-    generator, so the masks do not depend on which thread drew first."""
+    for the calling thread only (the CPU backend); other threads, and the host
+    generator's sequence, are left alone. Each model replica of
+    :class:`tinyvgg.replicas.Replicas` draws its dropout masks this way, from a
+    generator of its own seeded for the step."""
     before = getattr(_state, "rng", None)
     _state.rng = numpy.random.default_rng(seed)
     try:

@@ -30,8 +30,9 @@ number of workers; 1 turns all of this off and gives BLAS its threads back
 The default is the number of BLAS threads.
 
 Inside ``one_core()`` the ops called from that thread run their chunks in order
-on it (BLAS single-threaded): for threads that each hold a share of the work
-already, such as the model replicas of :mod:`tinyvgg.replicas`.
+on it (BLAS single-threaded): for a thread that is one core's share of a larger
+job already, such as the model stepping its share of a batch while the helper
+processes of :mod:`tinyvgg.replicas` step theirs.
 """
 
 from __future__ import annotations
@@ -109,9 +110,10 @@ def set_workers(n):
 def one_core():
     """Within the block, every op called from this thread runs its chunks in order
     on this thread, each product on single-threaded BLAS: the thread is one core's
-    worth of a larger job (a model replica holding a share of the batch,
-    :class:`tinyvgg.replicas.Replicas`), and splitting its ops again would only
-    add hand-offs. Other threads keep the worker threads. Nests."""
+    worth of a larger job (the model stepping its share of a batch beside the
+    helper processes of :class:`tinyvgg.replicas.Replicas`), and handing its ops to
+    the other cores would only take them from the helpers. Other threads keep the
+    worker threads. Nests."""
     if workers() > 1 and _controller() is not None:
         with _lock:  # BLAS stays single-threaded while the workers are on (module notes)
             _single_threaded_blas()
