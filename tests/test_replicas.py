@@ -3,7 +3,6 @@
 replica raises instead of hanging, and the trainer and command line use them."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from tinyvgg.models import vgg
 from tinyvgg.ops.cpu import parallel
 from tinyvgg.replicas import MAX_IMAGE_MACS, MIN_STEP_MACS, ReplicaError, Replicas, default_replicas
 from tinyvgg.train import TrainConfig, Trainer, train
+
+from .test_train import InterruptAt
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="replicas need a POSIX system")
 
@@ -229,17 +230,6 @@ def test_training_with_replicas_ends_with_the_weights_of_training_without(folder
     b = checkpoint.load(tmp_path / "split" / "checkpoint.npz").model.state_dict()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-8, atol=1e-10, err_msg=k)
-
-
-class InterruptAt:
-    """A hook that sends this process SIGINT (Ctrl-C) after a given step."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def after_step(self, trainer, step, loss):
-        if step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_ctrl_c_with_replicas_saves_a_checkpoint_and_resume_is_exact(folder, tmp_path, capsys):
