@@ -13,7 +13,8 @@ from tinyvgg.cli import main
 from tinyvgg.losses import SoftmaxCrossEntropy
 from tinyvgg.models import vgg
 from tinyvgg.ops.cpu import parallel
-from tinyvgg.replicas import MAX_IMAGE_MACS, MIN_STEP_MACS, ReplicaError, Replicas, default_replicas
+from tinyvgg.replicas import (MAX_DEFAULT_REPLICAS, MAX_IMAGE_MACS, MIN_DEFAULT_SHARE, MIN_STEP_MACS, ReplicaError,
+                              Replicas, default_replicas)
 from tinyvgg.train import TrainConfig, Trainer, train
 
 from .test_train import InterruptAt
@@ -196,6 +197,11 @@ def test_default_is_one_per_core_for_large_steps_only(monkeypatch):
     imagenet = vgg("vgg11", num_classes=10, input_size=224, width=1, hidden=8)
     assert sum(r["macs"] for r in imagenet.layer_table()) > MAX_IMAGE_MACS
     assert default_replicas(imagenet, 64) == 1  # large layers: the worker threads do well
+    monkeypatch.setattr(parallel, "workers", lambda: 64)  # a big machine: capped
+    quarter = vgg("vgg11", num_classes=10, input_size=32, width=0.25, hidden=8)  # ~10M per image
+    assert default_replicas(quarter, 64 * MIN_DEFAULT_SHARE) == MAX_DEFAULT_REPLICAS
+    assert default_replicas(quarter, 3 * MIN_DEFAULT_SHARE + 1) == 3  # MIN_DEFAULT_SHARE images each
+    assert default_replicas(quarter, 2 * MIN_DEFAULT_SHARE - 1) == 1  # (its multiply-adds would do)
     monkeypatch.setattr(parallel, "workers", lambda: 1)
     assert default_replicas(small, big_batch) == 1
 

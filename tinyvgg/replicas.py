@@ -84,7 +84,8 @@ from . import backend
 from .layers import BatchNorm1d, BatchNorm2d
 from .ops.cpu import parallel
 
-__all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX_IMAGE_MACS"]
+__all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX_IMAGE_MACS",
+           "MAX_DEFAULT_REPLICAS", "MIN_DEFAULT_SHARE"]
 
 # default_replicas() uses replicas for steps of at least MIN_STEP_MACS multiply-adds
 # (forward pass of the whole batch; below it, a step's hand-offs, about 30 messages of
@@ -94,6 +95,11 @@ __all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX
 # and 4.49 s on 2 replicas, benchmarks/results/replicas_zen5_2026-12-03/bench_train.md).
 MIN_STEP_MACS = 2e8
 MAX_IMAGE_MACS = 2e9
+# Only measured on 2 cores: by default at most 8 replicas, each with at least 16 images
+# of the batch (smaller shares make every product smaller, and every BatchNorm meeting
+# waits for more processes).
+MAX_DEFAULT_REPLICAS = 8
+MIN_DEFAULT_SHARE = 16
 _SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
 _START_TIMEOUT_S = 120
 
@@ -105,14 +111,16 @@ class ReplicaError(RuntimeError):
 def default_replicas(model, batch_size, world=1):
     """How many replicas ``tinyvgg train`` uses when ``--replicas`` is not given: one
     per worker thread of the ops (:func:`tinyvgg.ops.cpu.parallel.workers`, the
-    cores this process uses) for a step of at least ``MIN_STEP_MACS`` multiply-adds
-    on images of at most ``MAX_IMAGE_MACS`` each, on the CPU backend of a POSIX
-    system; else 1 (no replicas): on the GPU, in each rank of an MPI run (``world``
-    > 1: the ranks share the cores already), for the small steps of tests and quick
-    runs, and for ImageNet-size images (see the constants)."""
+    cores this process uses), at most ``MAX_DEFAULT_REPLICAS`` and at most one per
+    ``MIN_DEFAULT_SHARE`` images of the batch, for a step of at least
+    ``MIN_STEP_MACS`` multiply-adds on images of at most ``MAX_IMAGE_MACS`` each, on
+    the CPU backend of a POSIX system; else 1 (no replicas): on the GPU, in each
+    rank of an MPI run (``world`` > 1: the ranks share the cores already), for the
+    small steps of tests and quick runs, and for ImageNet-size images (see the
+    constants)."""
     if world > 1 or os.name != "posix" or not backend.device().is_host:
         return 1
-    n = parallel.workers()
+    n = min(parallel.workers(), MAX_DEFAULT_REPLICAS, batch_size // MIN_DEFAULT_SHARE)
     if n < 2 or not hasattr(model, "layer_table"):
         return 1
     per_image = sum(row["macs"] for row in model.layer_table())
