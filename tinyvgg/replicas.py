@@ -100,6 +100,12 @@ MAX_IMAGE_MACS = 2e9
 # waits for more processes).
 MAX_DEFAULT_REPLICAS = 8
 MIN_DEFAULT_SHARE = 16
+# glibc's allocator in the helpers: arrays up to 32 MB from the heap, and freed memory kept
+# for the next step rather than handed back to the system (and faulted in again, page by
+# page). A helper frees and allocates the same arrays every step. Measured, VGG-11-BN
+# width 1/4 batch 64 on 2 replicas (2-core Zen 5): the split step's median 54.7 -> 49.1 ms
+# over 7 alternating pairs of runs, 6 of them faster. Variables the user set are kept.
+_HELPER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 _SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
 _START_TIMEOUT_S = 120
 
@@ -362,7 +368,8 @@ class Replicas:
             twin.__dict__.pop(attr, None)
         twin._hooks = ()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        env = dict(_HELPER_MALLOC, **os.environ)
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYVGG_OP_THREADS="1")
         for r in range(1, self.n):
             mine, theirs = socket.socketpair()
