@@ -61,8 +61,8 @@ process of two threads by 1.53x / 1.22x at batch 64 / 128 (VGG-11-BN width 1/4,
 CIFAR-10, ``benchmarks/results/zen5_2026-12-03/``), because the small layers of a
 narrow network leave a core idle between the pieces one process splits them into.
 Without MPI, ``train`` does the same in one command with helper processes
-(:mod:`tinyvgg.replicas`, on by default on a multi-core CPU); the ranks of an MPI
-run do not add replicas of their own.
+(:mod:`tinyvgg.replicas`, on by default on a multi-core CPU for large enough
+batches); the ranks of an MPI run do not add replicas of their own.
 
 Files, resume, failures
 -----------------------
