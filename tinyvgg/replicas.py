@@ -14,9 +14,10 @@ training itself::
 
 Why processes: the ops already split each layer's work over worker threads
 (:mod:`tinyvgg.ops.cpu.parallel`), which pays a hand-off to the other core per
-op, and threads that each ran a whole replica measured no faster: every NumPy
-call takes Python's global interpreter lock, and a narrow network's step is
-thousands of short calls. Separate processes have no shared lock. Measured on a
+op, and threads that each ran a whole replica measured little faster (0.88-0.99
+of the worker threads' step time): every NumPy call takes Python's global
+interpreter lock, and a narrow network's step is thousands of short calls.
+Separate processes have no shared lock. Measured on a
 2-core AMD EPYC (Zen 5), VGG-11-BN width 1/4, batch 64 (2026-12-03): one core's
 step 61 ms, the worker threads' 51 ms, two threads each stepping a batch of 32
 side by side 60-69 ms, two processes each stepping a batch of 32 side by side
@@ -319,8 +320,8 @@ class Replicas:
     """``Replicas(model, loss_fn, n, max_batch)``: the step of ``model`` (a
     :class:`tinyvgg.models.VGG` on the CPU backend) and ``loss_fn`` (a
     :class:`tinyvgg.losses.SoftmaxCrossEntropy`) on ``n`` >= 2 replicas: the model
-    itself and ``n - 1`` helper processes, started at the first step (about a
-    second each) and ended by :meth:`close`. ``max_batch``: the largest batch to
+    itself and ``n - 1`` helper processes, started at the first step (0.15-0.2 s
+    for a small model on the 2-core test machine) and ended by :meth:`close`. ``max_batch``: the largest batch to
     split (a larger one runs whole).
 
     :meth:`forward_backward` is a training step's forward and backward passes; the
