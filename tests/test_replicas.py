@@ -305,3 +305,12 @@ def test_the_two_seams_are_per_thread():
         t.join()
     assert seen == {"rng": host, "workers": before}
     assert backend.rng() is host and parallel.workers() == before
+
+
+def test_a_model_that_cannot_be_handed_to_the_helpers_is_a_replica_error(capfd):
+    model = tiny()
+    model.callback = lambda: None  # cannot be pickled
+    reps = Replicas(model, SoftmaxCrossEntropy(), 2, max_batch=8)
+    with pytest.raises(ReplicaError, match="could not hand the model to replica process 1"):
+        reps.forward_backward(*batch(8))
+    assert reps._procs == [] and "Traceback" not in capfd.readouterr().err

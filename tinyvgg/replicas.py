@@ -251,7 +251,12 @@ def _helper_main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     sock_fd, mem_fd = int(sys.argv[1]), int(sys.argv[2])
     conn = Connection(sock_fd)
-    setup = conn.recv()
+    try:
+        setup = conn.recv()
+    except (EOFError, OSError):
+        return  # the training process could not send the model (it says why)
+    if not isinstance(setup, dict):
+        return  # a stop instead: the same
     parallel.set_threads(1)
     block = _Block(setup["specs"], fd=mem_fd)
     model, loss_fn, r = setup["model"], setup["loss_fn"], setup["rank"]
@@ -382,14 +387,21 @@ class Replicas:
                 proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(), self._block.fd), env=env,
                                         stdin=subprocess.DEVNULL)
             except OSError as e:
+                os.close(self._block.fd)
                 self.close()
                 raise ReplicaError(f"could not start replica process {r}: {e}") from None
             theirs.close()
             conn = Connection(mine.detach())
             self._procs.append(proc)
             self._conns.append(conn)
-            conn.send(dict(specs=specs, model=twin, loss_fn=copy.copy(self.loss_fn), rank=r,
-                           parent=os.getpid(), params=[(name, i, key) for name, i, key, _ in self._params]))
+            try:
+                conn.send(dict(specs=specs, model=twin, loss_fn=copy.copy(self.loss_fn), rank=r,
+                               parent=os.getpid(), params=[(name, i, key) for name, i, key, _ in self._params]))
+            except Exception as e:  # noqa: BLE001 - e.g. an attribute of the model that cannot be pickled
+                os.close(self._block.fd)
+                self.close()
+                raise ReplicaError(f"could not hand the model to replica process {r} ({type(e).__name__}: "
+                                   f"{e}); train with --replicas 1") from None
         os.close(self._block.fd)  # (the mapping and the helpers hold their own)
         self._finalizer = weakref.finalize(self, _stop, self._procs, self._conns)
         for r, (proc, conn) in enumerate(zip(self._procs, self._conns), start=1):
