@@ -314,3 +314,15 @@ def test_a_model_that_cannot_be_handed_to_the_helpers_is_a_replica_error(capfd):
     with pytest.raises(ReplicaError, match="could not hand the model to replica process 1"):
         reps.forward_backward(*batch(8))
     assert reps._procs == [] and "Traceback" not in capfd.readouterr().err
+
+
+def test_command_line_says_what_to_do_when_a_helper_fails(folder, tmp_path, capsys, monkeypatch):
+    def fail(self, x, y):
+        raise ReplicaError("replica process 1 ended during a training step")
+    monkeypatch.setattr(Replicas, "forward_backward", fail)
+    status = main(["train", "--dataset", "folder", "--data-dir", str(folder), "--width", "0.0625",
+                   "--hidden", "8", "--epochs", "1", "--batch-size", "4", "--no-progress",
+                   "--out", str(tmp_path / "run"), "--replicas", "2"])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert "replica process 1 ended" in err and "--resume" in err and "--replicas 1" in err

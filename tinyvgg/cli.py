@@ -622,6 +622,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .backend import GPUUnavailableError
     from .data import DatasetNotFoundError
+    from .replicas import ReplicaError
     from .train import GPUOutOfMemory, TrainingDiverged
     try:
         return COMMANDS[args.command](args) or 0
@@ -631,6 +632,10 @@ def main(argv=None):
     except (DatasetNotFoundError, TrainingDiverged, GPUOutOfMemory, GPUUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ReplicaError as e:  # not the input's fault: a helper process failed (exit status 1)
+        print(f"error: {e}. The run folder keeps its last checkpoint: continue with --resume, "
+              f"adding --replicas 1 to train without helper processes", file=sys.stderr)
+        return 1
     except (ValueError, ImportError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
