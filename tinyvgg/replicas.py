@@ -99,8 +99,8 @@ MAX_IMAGE_MACS = 2e9
 # By default at most 8 replicas (a guess: only 2 cores were measured), each with at least
 # 64 images of the batch. In `tinyvgg train` on 2 cores (VGG-11-BN width 1/4, CIFAR-10;
 # benchmarks/results/replicas_zen5_2026-12-03/) 2 replicas gave 1.06x, 1.11x and 1.20x the
-# images/s of the worker threads at batch 128 and 0.92x, 0.95x and 1.00x at batch 64,
-# where their shares of 32 images meet at every BatchNorm layer for less work in between.
+# images/s of the worker threads at batch 128 and 0.92x, 0.95x, 1.00x and 1.06x at batch
+# 64, where their shares of 32 images meet at every BatchNorm layer for less work between.
 MAX_DEFAULT_REPLICAS = 8
 MIN_DEFAULT_SHARE = 64
 # glibc's allocator in the helpers: arrays up to 32 MB from the heap, and freed memory kept
