@@ -75,7 +75,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import weakref
 from multiprocessing.connection import Connection
 
