@@ -13,7 +13,12 @@ The switches (each measured with the others at their defaults):
   (``parallel.CALLER_RUNS_A_TASK``);
 - ``blocked_sgd_update``: SGD updates the parameters block by block
   (``tinyvgg.optim.UPDATE_BLOCK`` values at a time, on the worker threads) instead
-  of one whole parameter array at a time (``UPDATE_BLOCK = 0``, the simple version).
+  of one whole parameter array at a time (``UPDATE_BLOCK = 0``, the simple version);
+- ``shared_meetings``: on 2 replicas (``tinyvgg.replicas``, the step of ``tinyvgg
+  train`` at batch 128 and up on 2 cores), BatchNorm's meetings pass through the
+  shared memory (``replicas.SHARED_MEETINGS``, x86 only) instead of as messages on
+  the socket; networks with BatchNorm only (the others have no meetings), and the
+  helpers restart at every switch (that first step is not timed).
 
 The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed in
 blocks of steps that alternate between the switch off and on, for ``--rounds``
@@ -58,6 +63,13 @@ def _blocked_sgd_update(model, on):
     optim.UPDATE_BLOCK = _DEFAULT_BLOCK if on else 0
 
 
+def _shared_meetings(model, on, step=None):
+    from tinyvgg import replicas
+    replicas.SHARED_MEETINGS = on
+    if step is not None:
+        step.replicas.close()  # the next step starts helpers that meet the new way
+
+
 def _default_block():
     from tinyvgg import optim
     return optim.UPDATE_BLOCK
@@ -65,7 +77,8 @@ def _default_block():
 
 _DEFAULT_BLOCK = _default_block()
 SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
-            "blocked_sgd_update": _blocked_sgd_update}
+            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings}
+REPLICAS = {"shared_meetings": 2}  # switches timed on the step of replicas
 
 
 def measure(cfg, switch, rounds, block):
@@ -73,7 +86,9 @@ def measure(cfg, switch, rounds, block):
     within them, over blocks of ``block`` steps alternating ``switch`` off and on."""
     from tinyvgg.optim import SGD
     _, name, size, width, batch, classes, hidden, bn = cfg
-    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, bn)
+    n = REPLICAS.get(switch, 1)
+    step, model = tinyvgg_step(name, size, width, batch, classes, hidden, bn, replicas=n)
+    switch_fn = (lambda m, on: SWITCHES[switch](m, on, step)) if n > 1 else SWITCHES[switch]
     times, updates = {False: [], True: []}, {False: [], True: []}
     sgd_step, timed = SGD.step, []
 
@@ -87,7 +102,7 @@ def measure(cfg, switch, rounds, block):
     try:
         for _ in range(rounds):
             for on in (False, True):
-                SWITCHES[switch](model, on)
+                switch_fn(model, on)
                 step()  # the first step after a switch: buffers of the new sizes
                 for _ in range(block):
                     timed.clear()
@@ -97,7 +112,9 @@ def measure(cfg, switch, rounds, block):
                     updates[on].append(sum(timed))
     finally:
         SGD.step = sgd_step
-        SWITCHES[switch](model, True)  # every switch is on by default
+        switch_fn(model, True)  # every switch is on by default
+        if n > 1:
+            step.replicas.close()
     return times, updates
 
 
@@ -113,11 +130,18 @@ def main(argv=None):
     if args.device != "cpu":
         raise SystemExit("bench_switches: a CPU benchmark")
     args.no_torch = True
+    from tinyvgg import replicas
+    if "shared_meetings" in chosen and not replicas.SHARED_MEETINGS:
+        print("bench_switches: shared_meetings skipped: this processor does not keep stores in order "
+              "(x86 only)", flush=True)
+        chosen.remove("shared_meetings")
     _, _, _, info = C.start(args)
     rounds = args.rounds or (1 if args.quick else 8)
     rows = []
     for switch in chosen:
         for cfg in (QUICK if args.quick else CONFIGS):
+            if switch in REPLICAS and not cfg[7]:
+                continue  # no BatchNorm: no meetings
             block = 2 if args.quick else (2 if cfg[3] >= 1 else 5)
             t, u = measure(cfg, switch, rounds, block)
             off, on = C.median(t[False]), C.median(t[True])

@@ -3,12 +3,13 @@
 replica raises instead of hanging, and the trainer and command line use them."""
 
 import os
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tinyvgg import backend, checkpoint
+from tinyvgg import backend, checkpoint, replicas
 from tinyvgg.cli import main
 from tinyvgg.losses import SoftmaxCrossEntropy
 from tinyvgg.models import vgg
@@ -20,6 +21,16 @@ from tinyvgg.train import TrainConfig, Trainer, train
 from .test_train import InterruptAt
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="replicas need a POSIX system")
+
+
+@pytest.fixture(params=["shared", "messages"])
+def meetings(request, monkeypatch):
+    """BatchNorm's meetings through the shared memory (the fast path, x86 only) or as
+    messages on the socket (every other machine): the tests taking this run on both."""
+    if request.param == "shared" and not replicas.SHARED_MEETINGS:
+        pytest.skip("meetings through shared memory are for x86 processors (total store order)")
+    monkeypatch.setattr(replicas, "SHARED_MEETINGS", request.param == "shared")
+    return request.param
 
 
 def tiny(batch_norm=True, dropout=0.0, dtype=np.float64, seed=0):
@@ -62,7 +73,7 @@ def check_split_step(reps, ref, x, y):
 
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("n, size", [(2, 9), (3, 7)])
-def test_split_step_is_the_whole_batch_step_in_float64(batch_norm, n, size):
+def test_split_step_is_the_whole_batch_step_in_float64(batch_norm, n, size, meetings):
     """Uneven shares too (9 images on 2 replicas, 7 on 3): the gradients, the logits, the
     loss and BatchNorm's running statistics equal the model's own step up to rounding."""
     x, y = batch(size)
@@ -122,7 +133,7 @@ def test_dropout_masks_are_drawn_in_every_replica_and_reproducible():
 
 @pytest.mark.parametrize("batch_norm", [True, False])
 @pytest.mark.parametrize("bad", [0, 8], ids=["in-the-model's-share", "in-the-helper's-share"])
-def test_an_error_in_any_replica_is_raised_and_the_next_step_works(batch_norm, bad):
+def test_an_error_in_any_replica_is_raised_and_the_next_step_works(batch_norm, bad, meetings):
     x, y = batch(9)
     y_bad = y.copy()
     y_bad[bad] = 99  # a label outside the 10 classes: the loss refuses it
@@ -141,7 +152,7 @@ def test_an_error_in_any_replica_is_raised_and_the_next_step_works(batch_norm, b
         reps.close()
 
 
-def test_a_helper_that_dies_is_a_replica_error_not_a_hang():
+def test_a_helper_that_dies_is_a_replica_error_not_a_hang(meetings):
     x, y = batch(8)
     reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
     try:
@@ -160,6 +171,20 @@ class Recorder:
 
     def after_forward(self, name, layer, y, train):
         self.calls += 1
+
+
+def test_helpers_import_this_package_not_one_in_the_working_directory(tmp_path, monkeypatch):
+    """`python -c` puts the working directory first on a helper's path: the helpers must
+    still import the package the training process runs, not another copy there (a
+    second checkout, an older install)."""
+    (tmp_path / "tinyvgg").mkdir()
+    (tmp_path / "tinyvgg" / "__init__.py").write_text("raise ImportError('not the tinyvgg in use')\n")
+    monkeypatch.chdir(tmp_path)
+    reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
+    try:
+        check_split_step(reps, tiny(), *batch(8))
+    finally:
+        reps.close()
 
 
 def test_hooks_and_small_batches_make_a_whole_step():
@@ -271,7 +296,7 @@ def test_command_line_replicas_below_1_exit_2(folder, tmp_path, capsys, value):
     assert "--replicas must be a whole number of at least 1" in err and "Traceback" not in err
 
 
-def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd):
+def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd, meetings):
     """Ctrl-C can end the training between two BatchNorm meetings: the helper waiting
     for a total then gets the stop message, and must end quietly (status 0, no
     traceback) instead of failing on it."""
@@ -280,7 +305,15 @@ def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd):
     reps.forward_backward(x, y)  # starts the helper
     reps._step_id += 1
     reps._send(1, ("step", reps._step_id, 4, 8, 0))  # the helper's share of a new step
-    assert reps._next(1)[0] == "sums"  # it waits at the first BatchNorm layer now
+    if meetings == "messages":
+        assert reps._next(1)[0] == "sums"  # it waits at the first BatchNorm layer now
+    else:  # the same, in shared memory: its number of the step's first meeting
+        flag, first = reps._block["meeting"][1], reps._step_id * replicas._MEETINGS_PER_STEP + 1
+        for _ in range(1000):
+            if flag[0] == first:
+                break
+            time.sleep(0.01)
+        assert flag[0] == first
     proc = reps._procs[0]
     reps.close()
     assert proc.returncode == 0

@@ -37,10 +37,12 @@ A step (:meth:`Replicas.forward_backward`)
    every step copies each helper's images there.
 2. Each replica runs the forward pass, the loss and the backward pass of its
    share. BatchNorm is synchronised: its per-channel sums go through the layer's
-   ``reduce`` seam (the one MPI training uses), here messages to replica 0, which
-   adds them in replica order and sends every replica the total. So every
-   replica normalises with the whole batch's mean and variance. The running
-   statistics are updated once, by the model; the helpers' copies are never read.
+   ``reduce`` seam (the one MPI training uses) to replica 0, which adds them in
+   replica order and hands every replica the total. So every replica normalises
+   with the whole batch's mean and variance. The running statistics are updated
+   once, by the model; the helpers' copies are never read. These meetings (three
+   per BatchNorm layer and step) pass through the shared memory where the machine
+   allows it, else as messages on the socket (see ``SHARED_MEETINGS``).
 3. Each replica's loss gradient is scaled by ``N_r / N``, so the replicas'
    parameter gradients *sum* to the gradient of the mean loss over the batch;
    the helpers' come back through shared memory and are added into the model's
@@ -70,11 +72,13 @@ from __future__ import annotations
 import copy
 import mmap
 import os
+import platform
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 from multiprocessing.connection import Connection
 
@@ -108,7 +112,21 @@ MIN_DEFAULT_SHARE = 64
 # width 1/4 batch 64 on 2 replicas (2-core Zen 5): the split step's median 54.7 -> 49.1 ms
 # over 7 alternating pairs of runs, 6 of them faster. Variables the user set are kept.
 _HELPER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+# BatchNorm's meetings through the shared memory: each helper writes its sums into a slot
+# of its own and then the meeting's number into its flag, and replica 0, polling the flag,
+# adds the slots and hands the total back the same way. A poll of memory takes well under
+# a microsecond where a message on the socket takes 36 us there and back (2-core Zen 5).
+# Measured there, VGG-11-BN width 1/4 batch 64 on 2 replicas, blocks alternating in one
+# process (`benchmarks/bench_switches.py --switches shared_meetings --rounds 16`,
+# benchmarks/results/shared_meetings_zen5_2026-12-03/): the step 53.6 -> 47.2 ms (0.88x),
+# 0.91x with the pinned Haswell kernel. A replica that has waited a while yields its core
+# between polls (for runs with more replicas than cores). The flag must be seen
+# after the sums it announces: x86 processors keep one core's stores in order for the
+# others (total store order); others (ARM) may not, and use the messages.
+SHARED_MEETINGS = platform.machine().lower() in {"x86_64", "amd64", "x86", "i386", "i686"}
+_MEETINGS_PER_STEP = 1 << 20  # a meeting's number: step * _MEETINGS_PER_STEP + its count in the step
 _SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
+_YIELD_POLLS = 2000  # polls of shared memory before a wait yields its core between polls
 _START_TIMEOUT_S = 120
 
 
@@ -176,6 +194,11 @@ def _specs(model, n, capacity):
     k = model.config["num_classes"]
     params = [(name, p.shape) for name, p, _ in model.named_parameters()]
     specs = [(f"p/{name}", shape, dtype) for name, shape in params]
+    # BatchNorm's meetings (SHARED_MEETINGS): the meeting numbers, one 64-byte row per
+    # replica (row 0: the total's); the total; each helper's sums
+    slot = max([2 * bn.num_features + 1 for bn in _batch_norms(model)] + [1])
+    specs += [("meeting", (n, 8), np.int64), ("total", (slot,), np.float64)]
+    specs += [(f"sums{r}", (slot,), np.float64) for r in range(1, n)]
     for r in range(1, n):
         specs += [(f"g{r}/{name}", shape, dtype) for name, shape in params]
         specs += [(f"x{r}", (capacity, c, s, s), dtype), (f"y{r}", (capacity,), np.int64),
@@ -211,6 +234,23 @@ def _receive(conn, alive, who, when="during a training step"):
         raise ReplicaError(f"{who} ended {when}") from None
 
 
+_yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+def _poll_until(done, check):
+    """Poll shared memory until ``done()``: without pause at first (the other side of a
+    meeting is usually microseconds away), then yielding the core between polls (more
+    replicas than cores: the others need it); ``check()`` every 256 polls, which
+    raises to give the wait up."""
+    polls = 0
+    while not done():
+        polls += 1
+        if polls % 256 == 0:
+            check()
+        if polls > _YIELD_POLLS:
+            _yield_core()
+
+
 def _portable(e):
     """``e`` if it can be pickled (sent to replica 0), else a RuntimeError with its text."""
     import pickle
@@ -224,14 +264,26 @@ def _portable(e):
 # -- a helper process ------------------------------------------------------------
 
 class _HelperSum:
-    """A helper's BatchNorm ``reduce(s)``: send its sums to replica 0, get the total.
+    """A helper's BatchNorm ``reduce(s)``: hand its sums to replica 0, get the total.
     A new step's command, or a stop, instead means replica 0 gave this step up (it was
-    interrupted): the step ends, and the command is kept in ``pending``."""
+    interrupted): the step ends, and the command is kept in ``pending``. ``shared``:
+    ``(meeting, total, sums, r)``, the arrays of the shared memory's meetings, or None
+    (messages)."""
 
-    def __init__(self, conn, parent):
+    def __init__(self, conn, parent, shared=None):
         self.conn, self.parent, self.step, self.pending = conn, parent, None, None
+        self.shared, self.count = shared, 0  # count: this step's meetings so far
 
     def __call__(self, s):
+        self.count += 1
+        if self.shared is not None:  # fast path: through the shared memory
+            meeting, total, sums, r = self.shared
+            number, k = self.step * _MEETINGS_PER_STEP + self.count, s.size
+            sums[:k] = s
+            meeting[r, 0] = number  # after the sums (see SHARED_MEETINGS)
+            _poll_until(lambda: meeting[0, 0] == number, self._check)
+            s[...] = total[:k]
+            return
         self.conn.send(("sums", self.step, s))
         while True:
             msg = _receive(self.conn, lambda: os.getppid() == self.parent, "the training process")
@@ -243,6 +295,17 @@ class _HelperSum:
         if msg[0] == "abort":
             raise _Aborted()
         s[...] = msg[2]
+
+    def _check(self):
+        """While waiting in shared memory: a message from replica 0 now can only mean that
+        it gave this step up (or that it ended: ReplicaError)."""
+        if self.conn.poll():
+            msg = _receive(self.conn, lambda: os.getppid() == self.parent, "the training process")
+            if msg[0] in ("step", "stop"):
+                self.pending = msg
+                raise _Aborted()
+            if msg[0] == "abort" and msg[1] == self.step:
+                raise _Aborted()
 
 
 def _helper_main():
@@ -263,7 +326,8 @@ def _helper_main():
     for name, i, key in setup["params"]:
         model.layers[i].params[key] = block[f"p/{name}"]
         grads.append((model.layers[i], key, block[f"g{r}/{name}"]))
-    reduce = _HelperSum(conn, setup["parent"])
+    shared = (block["meeting"], block["total"], block[f"sums{r}"], r) if setup["shared_meetings"] else None
+    reduce = _HelperSum(conn, setup["parent"], shared)
     for bn in _batch_norms(model):
         bn.reduce = reduce
     x, y, z = block[f"x{r}"], block[f"y{r}"], block[f"z{r}"]
@@ -278,7 +342,7 @@ def _helper_main():
         if msg[0] != "step":
             continue  # an abort that came after this helper had finished its step
         _, step, m, n, seed = msg
-        reduce.step = step
+        reduce.step, reduce.count = step, 0
         try:
             with backend.thread_rng(seed):
                 logits = model.forward(x[:m], train=True)              # (m, K)
@@ -362,6 +426,7 @@ class Replicas:
                         for key in layer.params]
         specs = _specs(model, self.n, self.capacity)
         self._block = _Block(specs)
+        self._shared_meetings = SHARED_MEETINGS
         twin = copy.copy(model)  # the structure the helpers rebuild: no parameters, no caches
         twin.layers = []
         for layer in model.layers:
@@ -374,14 +439,18 @@ class Replicas:
         for attr in ("features", "classifier", "flatten"):  # (they name the model's own layers)
             twin.__dict__.pop(attr, None)
         twin._hooks = ()
+        # The helpers import this very package: its folder goes first on their path, before
+        # the working directory (which `python -c` puts first, and which may hold another
+        # tinyvgg, such as a second checkout); the working directory stays, for modules the
+        # model's pickle names.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(_HELPER_MALLOC, **os.environ)
-        env.update(PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYVGG_OP_THREADS="1")
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TINYVGG_OP_THREADS="1")
         for r in range(1, self.n):
             mine, theirs = socket.socketpair()
-            cmd = [sys.executable, "-c", "from tinyvgg.replicas import _helper_main; _helper_main()",
-                   str(theirs.fileno()), str(self._block.fd)]
+            cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop()); "
+                   "from tinyvgg.replicas import _helper_main; _helper_main()",
+                   str(theirs.fileno()), str(self._block.fd), root]
             try:
                 proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(), self._block.fd), env=env,
                                         stdin=subprocess.DEVNULL)
@@ -395,7 +464,8 @@ class Replicas:
             self._conns.append(conn)
             try:
                 conn.send(dict(specs=specs, model=twin, loss_fn=copy.copy(self.loss_fn), rank=r,
-                               parent=os.getpid(), params=[(name, i, key) for name, i, key, _ in self._params]))
+                               parent=os.getpid(), params=[(name, i, key) for name, i, key, _ in self._params],
+                               shared_meetings=self._shared_meetings))
             except Exception as e:  # noqa: BLE001 - e.g. an attribute of the model that cannot be pickled
                 os.close(self._block.fd)
                 self.close()
@@ -450,7 +520,19 @@ class Replicas:
 
     def _sum_over_replicas(self, s):
         """Replica 0's BatchNorm ``reduce(s)``: its sums plus every helper's, in
-        replica order, sent back to every helper."""
+        replica order, handed back to every helper."""
+        self._meetings += 1
+        if self._shared_meetings:  # fast path: through the shared memory
+            b, k = self._block, s.size
+            meeting, number = b["meeting"], self._step_id * _MEETINGS_PER_STEP + self._meetings
+            total = s.copy()
+            for r in range(1, self.n):
+                _poll_until(lambda: meeting[r, 0] == number, lambda: self._check_helper(r))
+                total += b[f"sums{r}"][:k]
+            b["total"][:k] = total
+            meeting[0, 0] = number  # after the total (see SHARED_MEETINGS)
+            s[...] = total
+            return
         total = s.copy()
         for r in range(1, self.n):
             msg = self._next(r)
@@ -461,6 +543,16 @@ class Replicas:
         for r in range(1, self.n):
             self._send(r, ("total", self._step_id, total))
         s[...] = total
+
+    def _check_helper(self, r):
+        """While waiting for helper ``r`` in shared memory: a message from it now is its
+        last word on this step (it failed: _HelperFailed), or its end (ReplicaError)."""
+        conn, proc = self._conns[r - 1], self._procs[r - 1]
+        if conn.poll():
+            msg = _receive(conn, lambda: proc.poll() is None, f"replica process {r}")
+            if len(msg) > 1 and msg[1] == self._step_id:
+                self._final[r] = msg
+                raise _HelperFailed()
 
     def forward_backward(self, x, y):
         """Forward and backward passes of the batch ``x`` (N, C, H, W) with labels ``y``
@@ -490,6 +582,7 @@ class Replicas:
             b[f"y{r}"][:hi - lo] = y[lo:hi]
             self._send(r, ("step", self._step_id, hi - lo, n, int(seeds[r])))
         self._final = [None] * k
+        self._meetings = 0
         error = None
         bns = _batch_norms(self.model)
         for bn in bns:
