@@ -15,7 +15,7 @@ The switches (each measured with the others at their defaults):
   (``tinyvgg.optim.UPDATE_BLOCK`` values at a time, on the worker threads) instead
   of one whole parameter array at a time (``UPDATE_BLOCK = 0``, the simple version);
 - ``shared_meetings``: on 2 replicas (``tinyvgg.replicas``, the step of ``tinyvgg
-  train`` at batch 128 and up on 2 cores), BatchNorm's meetings pass through the
+  train`` by default on 2 cores for large enough steps), BatchNorm's meetings pass through the
   shared memory (``replicas.SHARED_MEETINGS``, x86 only) instead of as messages on
   the socket; networks with BatchNorm only (the others have no meetings), and the
   helpers restart at every switch (that first step is not timed).

@@ -29,7 +29,7 @@ with ``torch.profiler`` in its own process, side by side with the gap between th
 On a multi-core CPU tinyvgg's step is also timed on replicas (``--replicas N``,
 default one per worker thread: :class:`tinyvgg.replicas.Replicas`, the model and
 helper processes each stepping a share of the batch, what ``tinyvgg train`` runs by
-default there for batches of at least 64 images per replica) in a third process of
+default there for batches of at least ``MIN_DEFAULT_SHARE`` images per replica) in a third process of
 the same alternating blocks.
 Results go to ``<out>/bench_train.json`` and ``<out>/bench_train.md``.
 """
@@ -280,8 +280,8 @@ def main(argv=None):
                         "(and inside PyTorch's, with torch.profiler, when it is installed)")
     p.add_argument("--replicas", type=int, default=None,
                    help="also time tinyvgg's step on this many replicas (tinyvgg.replicas, what `tinyvgg "
-                        "train` uses by default on a multi-core CPU for batches of 64 images per replica or "
-                        "more); default: one per worker thread (none on one core); 1: not timed")
+                        "train` uses by default on a multi-core CPU for large enough steps: "
+                        "tinyvgg.replicas.default_replicas); default: one per worker thread (none on one core); 1: not timed")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe:
@@ -389,7 +389,7 @@ def markdown(payload):
         lines[-1:-1] = [f"- replicas: the same step on {reps[0]['replicas']} replicas (`tinyvgg.replicas`: the "
                         f"model and helper processes, each stepping a share of the batch, BatchNorm "
                         f"synchronised; what `tinyvgg train` runs by default on a multi-core CPU for "
-                        f"batches of at least 64 images per replica: `tinyvgg.replicas.default_replicas`), "
+                        f"large enough steps: `tinyvgg.replicas.default_replicas`), "
                         f"timed in its own process in the same alternating blocks"]
     headers = ["network", "hidden", "batch", "params", "GFLOP/step", "step ms", "torch step ms", "ratio",
                "% ceiling", "torch % ceiling", "img/s", "torch img/s", "peak MB (tracemalloc)",

@@ -167,7 +167,7 @@ def _add_train_args(p, defaults):
     p.add_argument("--replicas", type=int, default=None,
                    help="copies of the model on this machine's cores, each stepping a share of every "
                         "batch in a process of its own (the step is the whole batch's: BatchNorm is "
-                        "synchronised); default: one per core on the CPU when each gets at least 64 "
+                        "synchronised); default: one per core on the CPU when each gets at least 32 "
                         "images of the batch and a step is large enough; 1: none")
 
 

@@ -100,12 +100,15 @@ __all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX
 MIN_STEP_MACS = 2e8
 MAX_IMAGE_MACS = 2e9
 # By default at most 8 replicas (a guess: only 2 cores were measured), each with at least
-# 64 images of the batch. In `tinyvgg train` on 2 cores (VGG-11-BN width 1/4, CIFAR-10;
-# benchmarks/results/replicas_zen5_2026-12-03/) 2 replicas gave 1.06x, 1.11x and 1.20x the
-# images/s of the worker threads at batch 128 and 0.92x, 0.95x, 1.00x and 1.06x at batch
-# 64, where their shares of 32 images meet at every BatchNorm layer for less work between.
+# 32 images of the batch. In `tinyvgg train` on 2 cores (VGG-11-BN width 1/4, CIFAR-10):
+# with BatchNorm's meetings as messages, 2 replicas gave 1.06-1.20x the images/s of the
+# worker threads at batch 128 but 0.92-1.06x at batch 64 (four runs,
+# benchmarks/results/replicas_zen5_2026-12-03/), whose shares of 32 images meet at every
+# BatchNorm layer for less work between; with the meetings in shared memory, 1.10x at
+# batch 64 (1.20x with the pinned Haswell kernel) and 0.94x / 1.19x at batch 128
+# (benchmarks/results/shared_meetings_zen5_2026-12-03/bench_train_loop.md, 3 noisy rounds).
 MAX_DEFAULT_REPLICAS = 8
-MIN_DEFAULT_SHARE = 64
+MIN_DEFAULT_SHARE = 32
 # glibc's allocator in the helpers: arrays up to 32 MB from the heap, and freed memory kept
 # for the next step rather than handed back to the system (and faulted in again, page by
 # page). A helper frees and allocates the same arrays every step. Measured, VGG-11-BN
