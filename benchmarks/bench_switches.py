@@ -18,7 +18,11 @@ The switches (each measured with the others at their defaults):
   train`` by default on 2 cores for large enough steps), BatchNorm's meetings pass through the
   shared memory (``replicas.SHARED_MEETINGS``, x86 only) instead of as messages on
   the socket; networks with BatchNorm only (the others have no meetings), and the
-  helpers restart at every switch (that first step is not timed).
+  helpers restart at every switch (that first step is not timed);
+- ``grads_in_place``: on 2 replicas, the helpers' fully connected layers write their
+  gradients straight into the shared memory the model reads them from
+  (``replicas.GRADS_IN_PLACE``, ``Layer.grads_into``) instead of copying them there
+  after the backward pass; every network.
 
 The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed in
 blocks of steps that alternate between the switch off and on, for ``--rounds``
@@ -70,6 +74,13 @@ def _shared_meetings(model, on, step=None):
         step.replicas.close()  # the next step starts helpers that meet the new way
 
 
+def _grads_in_place(model, on, step=None):
+    from tinyvgg import replicas
+    replicas.GRADS_IN_PLACE = on
+    if step is not None:
+        step.replicas.close()  # the next step starts helpers that write them the new way
+
+
 def _default_block():
     from tinyvgg import optim
     return optim.UPDATE_BLOCK
@@ -77,8 +88,9 @@ def _default_block():
 
 _DEFAULT_BLOCK = _default_block()
 SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
-            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings}
-REPLICAS = {"shared_meetings": 2}  # switches timed on the step of replicas
+            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings, "grads_in_place": _grads_in_place}
+REPLICAS = {"shared_meetings": 2, "grads_in_place": 2}  # switches timed on the step of replicas
+ONLY = {"shared_meetings": lambda cfg: cfg[7]}  # networks a switch applies to: BatchNorm has the meetings
 
 
 def measure(cfg, switch, rounds, block):
@@ -140,8 +152,8 @@ def main(argv=None):
     rows = []
     for switch in chosen:
         for cfg in (QUICK if args.quick else CONFIGS):
-            if switch in REPLICAS and not cfg[7]:
-                continue  # no BatchNorm: no meetings
+            if not ONLY.get(switch, lambda cfg: True)(cfg):
+                continue
             block = 2 if args.quick else (2 if cfg[3] >= 1 else 5)
             t, u = measure(cfg, switch, rounds, block)
             off, on = C.median(t[False]), C.median(t[True])

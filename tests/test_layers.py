@@ -316,3 +316,28 @@ def test_non_positive_sizes_are_rejected(make, pattern):
 def test_float64_input_to_float32_layer_is_refused_not_upcast():
     with pytest.raises(TypeError, match="float32 but the input is float64"):
         L.Conv2d(1, 1, 3).forward(np.zeros((1, 1, 4, 4)))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "simple"])
+def test_linear_writes_its_gradients_into_the_arrays_it_is_given(fast):
+    """``Layer.grads_into`` (the replicas' helpers pass shared memory): Linear's backward
+    writes its gradients into those arrays, with the values it returns otherwise."""
+    from tinyvgg import backend
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((4, 6)), rng.standard_normal((4, 5))
+    layer = L.Linear(6, 5, dtype=F64)
+    before = backend.fast()
+    backend.use_fast(fast)
+    try:
+        layer.forward(x, train=True)
+        layer.backward(dy)
+        want = {k: v.copy() for k, v in layer.grads.items()}
+        layer.grads_into = {"weight": np.full((5, 6), np.nan), "bias": np.full(5, np.nan)}
+        layer.forward(x, train=True)
+        dx = layer.backward(dy)
+    finally:
+        backend.use_fast(before)
+    for k in ("weight", "bias"):
+        assert layer.grads[k] is layer.grads_into[k]
+        np.testing.assert_allclose(layer.grads[k], want[k], rtol=1e-15)
+    np.testing.assert_allclose(dx, dy @ layer.params["weight"], rtol=1e-15)

@@ -359,3 +359,14 @@ def test_command_line_says_what_to_do_when_a_helper_fails(folder, tmp_path, caps
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     assert "replica process 1 ended" in err and "--resume" in err and "--replicas 1" in err
+
+
+def test_helpers_that_copy_their_gradients_give_the_same_step(monkeypatch):
+    """``replicas.GRADS_IN_PLACE = False`` (kept for benchmarks/bench_switches.py): the
+    helpers' Linear layers write new arrays, copied into shared memory afterwards."""
+    monkeypatch.setattr(replicas, "GRADS_IN_PLACE", False)
+    reps = Replicas(tiny(batch_norm=False), SoftmaxCrossEntropy(), 2, max_batch=9)
+    try:
+        check_split_step(reps, tiny(batch_norm=False), *batch(9))
+    finally:
+        reps.close()

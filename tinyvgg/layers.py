@@ -61,6 +61,15 @@ class Layer:
     def extra_repr(self):
         return ""
 
+    # Where backward writes the gradients of the parameters: ``{key: array}``, each array of
+    # its parameter's shape and dtype (``grads[key]`` is then that very array), or None
+    # (default): new arrays every step. For a caller that needs the gradients in memory
+    # of its own: the helper processes of tinyvgg.replicas hand theirs to the training
+    # process through shared memory, and this saves them a copy of the largest ones.
+    # Linear honours it (the fully connected layers hold most of a VGG's weights); the
+    # other layers leave it unused, and such a caller copies their ``grads``.
+    grads_into = None
+
     # -- the two passes (subclasses implement) ------------------------------
     def forward(self, x, train=False):
         raise NotImplementedError
@@ -400,9 +409,10 @@ class Linear(Layer):
     def backward(self, dy):
         x = self._cached()
         self._check_dy(dy, (x.shape[0], self.out_features))
-        self.grads = {"weight": matmul(dy.T, x)}
+        out = self.grads_into or {}
+        self.grads = {"weight": matmul(dy.T, x, out=out.get("weight"))}
         if "bias" in self.params:
-            self.grads["bias"] = dy.sum(axis=0)
+            self.grads["bias"] = dy.sum(axis=0, out=out.get("bias"))
         return matmul(dy, self.params["weight"])
 
 

@@ -127,6 +127,15 @@ _HELPER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOL
 # after the sums it announces: x86 processors keep one core's stores in order for the
 # others (total store order); others (ARM) may not, and use the messages.
 SHARED_MEETINGS = platform.machine().lower() in {"x86_64", "amd64", "x86", "i386", "i686"}
+# The helpers' fully connected layers write their gradients straight into the shared
+# memory replica 0 reads them from (Layer.grads_into) instead of into new arrays copied
+# there after the backward pass; False: the copy (kept for benchmarks/bench_switches.py).
+# Measured on 2 replicas, blocks alternating in one process (`bench_switches.py --switches
+# grads_in_place --rounds 10`, benchmarks/results/grads_in_place_zen5_2026-12-03/): VGG-11
+# width 1 (fully connected layers of 4096 units, 76 MB of their gradients a step) 0.96x
+# the step time, 0.91x with the pinned Haswell kernel; VGG-11-BN width 1/4 1.05x in that
+# run, 0.96-0.98x in three more (0.93x pinned); the others 0.99-1.01x.
+GRADS_IN_PLACE = True
 _MEETINGS_PER_STEP = 1 << 20  # a meeting's number: step * _MEETINGS_PER_STEP + its count in the step
 _SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
 _YIELD_POLLS = 2000  # polls of shared memory before a wait yields its core between polls
@@ -327,8 +336,11 @@ def _helper_main():
     model, loss_fn, r = setup["model"], setup["loss_fn"], setup["rank"]
     grads = []  # (layer, key, where its gradient goes)
     for name, i, key in setup["params"]:
-        model.layers[i].params[key] = block[f"p/{name}"]
-        grads.append((model.layers[i], key, block[f"g{r}/{name}"]))
+        layer = model.layers[i]
+        layer.params[key] = block[f"p/{name}"]
+        grads.append((layer, key, block[f"g{r}/{name}"]))
+        if setup["grads_in_place"]:  # the layers that can (Linear) write them there themselves
+            layer.grads_into = dict(layer.grads_into or {}, **{key: block[f"g{r}/{name}"]})
     shared = (block["meeting"], block["total"], block[f"sums{r}"], r) if setup["shared_meetings"] else None
     reduce = _HelperSum(conn, setup["parent"], shared)
     for bn in _batch_norms(model):
@@ -354,7 +366,8 @@ def _helper_main():
                 g *= g.dtype.type(m / n)                                # grads sum to the batch's
                 model.backward(g, input_grad=False)
             for layer, key, out in grads:
-                out[...] = layer.grads[key]
+                if layer.grads[key] is not out:  # (not written in place: Layer.grads_into)
+                    out[...] = layer.grads[key]
             z[:m] = logits
             reply = ("done", step, float(loss))
         except _Aborted:
@@ -468,7 +481,7 @@ class Replicas:
             try:
                 conn.send(dict(specs=specs, model=twin, loss_fn=copy.copy(self.loss_fn), rank=r,
                                parent=os.getpid(), params=[(name, i, key) for name, i, key, _ in self._params],
-                               shared_meetings=self._shared_meetings))
+                               shared_meetings=self._shared_meetings, grads_in_place=GRADS_IN_PLACE))
             except Exception as e:  # noqa: BLE001 - e.g. an attribute of the model that cannot be pickled
                 os.close(self._block.fd)
                 self.close()
