@@ -45,8 +45,10 @@ A step (:meth:`Replicas.forward_backward`)
    allows it, else as messages on the socket (see ``SHARED_MEETINGS``).
 3. Each replica's loss gradient is scaled by ``N_r / N``, so the replicas'
    parameter gradients *sum* to the gradient of the mean loss over the batch;
-   the helpers' come back through shared memory and are added into the model's
-   ``grads`` in replica order.
+   the helpers' come back through shared memory (their fully connected layers
+   write them there directly, :attr:`tinyvgg.layers.Layer.grads_into`; the other
+   layers' are copied there after the backward pass) and are added into the
+   model's ``grads`` in replica order.
 4. Dropout: replica ``r`` draws its masks from a generator of its own
    (:func:`tinyvgg.backend.thread_rng`), seeded by one draw per replica from the
    host generator, so a run is reproducible.
