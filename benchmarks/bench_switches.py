@@ -15,9 +15,9 @@ The switches (each measured with the others at their defaults):
   (``tinyvgg.optim.UPDATE_BLOCK`` values at a time, on the worker threads) instead
   of one whole parameter array at a time (``UPDATE_BLOCK = 0``, the simple version);
 - ``shared_meetings``: on 2 replicas (``tinyvgg.replicas``, the step of ``tinyvgg
-  train`` by default on 2 cores for large enough steps), BatchNorm's meetings pass through the
-  shared memory (``replicas.SHARED_MEETINGS``, x86 only) instead of as messages on
-  the socket; networks with BatchNorm only (the others have no meetings), and the
+  train`` by default on 2 cores for large enough steps), BatchNorm's meetings pass
+  through the shared memory (``replicas.SHARED_MEETINGS``, x86 only) instead of as
+  messages on the socket; networks with BatchNorm only (the others have no meetings), and the
   helpers restart at every switch (that first step is not timed);
 - ``grads_in_place``: on 2 replicas, the helpers' fully connected layers write their
   gradients straight into the shared memory the model reads them from
@@ -88,7 +88,8 @@ def _default_block():
 
 _DEFAULT_BLOCK = _default_block()
 SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
-            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings, "grads_in_place": _grads_in_place}
+            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings,
+            "grads_in_place": _grads_in_place}
 REPLICAS = {"shared_meetings": 2, "grads_in_place": 2}  # switches timed on the step of replicas
 ONLY = {"shared_meetings": lambda cfg: cfg[7]}  # networks a switch applies to: BatchNorm has the meetings
 

@@ -127,7 +127,8 @@ _HELPER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOL
 # 0.91x with the pinned Haswell kernel. A replica that has waited a while yields its core
 # between polls (for runs with more replicas than cores). The flag must be seen
 # after the sums it announces: x86 processors keep one core's stores in order for the
-# others (total store order); others (ARM) may not, and use the messages.
+# others (total store order; the sums, a few KB, are copied with ordinary stores, not the
+# streaming ones large copies may use); others (ARM) may not, and use the messages.
 SHARED_MEETINGS = platform.machine().lower() in {"x86_64", "amd64", "x86", "i386", "i686"}
 # The helpers' fully connected layers write their gradients straight into the shared
 # memory replica 0 reads them from (Layer.grads_into) instead of into new arrays copied
