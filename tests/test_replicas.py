@@ -165,6 +165,23 @@ def test_a_helper_that_dies_is_a_replica_error_not_a_hang(meetings):
         reps.close()
 
 
+def test_a_helper_that_dies_while_the_model_waits_at_a_meeting_is_a_replica_error(meetings):
+    """The model waiting for a helper's sums (in shared memory or as a message) notices
+    that the helper ended, instead of waiting for ever."""
+    x, y = batch(8)
+    reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
+    try:
+        reps.forward_backward(x, y)
+        reps._procs[0].kill()
+        reps._procs[0].wait()
+        reps._step_id += 1  # the model alone at a new step's first meeting
+        reps._final, reps._meetings = [None, None], 0
+        with pytest.raises(ReplicaError, match="replica process 1 ended"):
+            reps._sum_over_replicas(np.zeros(9))
+    finally:
+        reps.close()
+
+
 class Recorder:
     def __init__(self):
         self.calls = 0
@@ -212,6 +229,7 @@ def test_bad_arguments_are_value_errors():
 
 
 def test_default_is_one_per_core_for_large_steps_only(monkeypatch):
+    monkeypatch.setattr(replicas, "SHARED_MEETINGS", True)
     monkeypatch.setattr(parallel, "workers", lambda: 2)
     small = tiny(dtype=np.float32)
     per_image = sum(r["macs"] for r in small.layer_table())
@@ -227,6 +245,9 @@ def test_default_is_one_per_core_for_large_steps_only(monkeypatch):
     assert default_replicas(quarter, 64 * MIN_DEFAULT_SHARE) == MAX_DEFAULT_REPLICAS
     assert default_replicas(quarter, 3 * MIN_DEFAULT_SHARE + 1) == 3  # MIN_DEFAULT_SHARE images each
     assert default_replicas(quarter, 2 * MIN_DEFAULT_SHARE - 1) == 1  # (its multiply-adds would do)
+    monkeypatch.setattr(replicas, "SHARED_MEETINGS", False)  # meetings as messages: 64 images each
+    assert default_replicas(quarter, 2 * replicas.MIN_DEFAULT_SHARE_MESSAGES - 1) == 1
+    assert default_replicas(quarter, 2 * replicas.MIN_DEFAULT_SHARE_MESSAGES) == 2
     monkeypatch.setattr(parallel, "workers", lambda: 1)
     assert default_replicas(small, big_batch) == 1
 

@@ -168,7 +168,7 @@ def _add_train_args(p, defaults):
                    help="copies of the model on this machine's cores, each stepping a share of every "
                         "batch in a process of its own (the step is the whole batch's: BatchNorm is "
                         "synchronised); default: one per core on the CPU when each gets at least 32 "
-                        "images of the batch and a step is large enough; 1: none")
+                        "images of the batch (64 off x86 processors) and a step is large enough; 1: none")
 
 
 def _add_evaluate_args(p):

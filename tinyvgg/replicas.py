@@ -91,7 +91,7 @@ from .layers import BatchNorm1d, BatchNorm2d
 from .ops.cpu import parallel
 
 __all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX_IMAGE_MACS",
-           "MAX_DEFAULT_REPLICAS", "MIN_DEFAULT_SHARE"]
+           "MAX_DEFAULT_REPLICAS", "MIN_DEFAULT_SHARE", "MIN_DEFAULT_SHARE_MESSAGES", "SHARED_MEETINGS"]
 
 # default_replicas() uses replicas for steps of at least MIN_STEP_MACS multiply-adds
 # (forward pass of the whole batch; below it, a step's hand-offs, about 30 messages of
@@ -109,8 +109,10 @@ MAX_IMAGE_MACS = 2e9
 # BatchNorm layer for less work between; with the meetings in shared memory, 1.10x at
 # batch 64 (1.20x with the pinned Haswell kernel) and 0.94x / 1.19x at batch 128
 # (benchmarks/results/shared_meetings_zen5_2026-12-03/bench_train_loop.md, 3 noisy rounds).
+# Where the meetings stay messages (not x86: SHARED_MEETINGS), 64 images each, as measured.
 MAX_DEFAULT_REPLICAS = 8
 MIN_DEFAULT_SHARE = 32
+MIN_DEFAULT_SHARE_MESSAGES = 64
 # glibc's allocator in the helpers: arrays up to 32 MB from the heap, and freed memory kept
 # for the next step rather than handed back to the system (and faulted in again, page by
 # page). A helper frees and allocates the same arrays every step. Measured, VGG-11-BN
@@ -140,7 +142,7 @@ SHARED_MEETINGS = platform.machine().lower() in {"x86_64", "amd64", "x86", "i386
 # run, 0.96-0.98x in three more (0.93x pinned); the others 0.99-1.01x.
 GRADS_IN_PLACE = True
 _MEETINGS_PER_STEP = 1 << 20  # a meeting's number: step * _MEETINGS_PER_STEP + its count in the step
-_SPIN_POLLS = 20000  # polls of a pipe before a wait sleeps between polls (about 20 ms)
+_SPIN_POLLS = 20000  # polls (of a pipe, or shared memory) before a wait sleeps between them
 _YIELD_POLLS = 2000  # polls of shared memory before a wait yields its core between polls
 _START_TIMEOUT_S = 120
 
@@ -153,7 +155,8 @@ def default_replicas(model, batch_size, world=1):
     """How many replicas ``tinyvgg train`` uses when ``--replicas`` is not given: one
     per worker thread of the ops (:func:`tinyvgg.ops.cpu.parallel.workers`, the
     cores this process uses), at most ``MAX_DEFAULT_REPLICAS`` and at most one per
-    ``MIN_DEFAULT_SHARE`` images of the batch, for a step of at least
+    ``MIN_DEFAULT_SHARE`` images of the batch (``MIN_DEFAULT_SHARE_MESSAGES`` where
+    BatchNorm's meetings are messages: not ``SHARED_MEETINGS``), for a step of at least
     ``MIN_STEP_MACS`` multiply-adds on images of at most ``MAX_IMAGE_MACS`` each, on
     the CPU backend of a POSIX system; else 1 (no replicas): on the GPU, in each
     rank of an MPI run (``world`` > 1: the ranks share the cores already), for the
@@ -161,7 +164,8 @@ def default_replicas(model, batch_size, world=1):
     constants)."""
     if world > 1 or os.name != "posix" or not backend.device().is_host:
         return 1
-    n = min(parallel.workers(), MAX_DEFAULT_REPLICAS, batch_size // MIN_DEFAULT_SHARE)
+    share = MIN_DEFAULT_SHARE if SHARED_MEETINGS else MIN_DEFAULT_SHARE_MESSAGES
+    n = min(parallel.workers(), MAX_DEFAULT_REPLICAS, batch_size // share)
     if n < 2 or not hasattr(model, "layer_table"):
         return 1
     per_image = sum(row["macs"] for row in model.layer_table())
@@ -203,7 +207,8 @@ class _Block:
 
 def _specs(model, n, capacity):
     """The shared arrays of a run with ``n`` replicas of up to ``capacity`` images
-    each: the parameters, and for every helper its gradients, images, labels, logits."""
+    each: the parameters; BatchNorm's meetings (flags, the total, each helper's sums);
+    and for every helper its gradients, images, labels, logits."""
     dtype = model.dtype
     s, c = model.input_size, model.config.get("in_channels", 3)
     k = model.config["num_classes"]
@@ -255,15 +260,21 @@ _yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
 def _poll_until(done, check):
     """Poll shared memory until ``done()``: without pause at first (the other side of a
     meeting is usually microseconds away), then yielding the core between polls (more
-    replicas than cores: the others need it); ``check()`` every 256 polls, which
-    raises to give the wait up."""
+    replicas than cores: the others need it), and after ``_SPIN_POLLS`` polls sleeping
+    between them (a long wait: a replica stopped, a checkpoint being written);
+    ``check()`` every 256 polls and at every sleep, which raises to give the wait up."""
     polls = 0
     while not done():
         polls += 1
-        if polls % 256 == 0:
+        if polls > _SPIN_POLLS:
             check()
-        if polls > _YIELD_POLLS:
+            time.sleep(0.0005)
+        elif polls > _YIELD_POLLS:
+            if polls % 256 == 0:
+                check()
             _yield_core()
+        elif polls % 256 == 0:
+            check()
 
 
 def _portable(e):
@@ -324,7 +335,8 @@ class _HelperSum:
 
 
 def _helper_main():
-    """A helper process: ``python -c ... SOCKET_FD MEMORY_FD`` (started by :class:`Replicas`)."""
+    """A helper process: ``python -c ... SOCKET_FD MEMORY_FD PACKAGE_ROOT`` (started by
+    :class:`Replicas`; the command puts PACKAGE_ROOT first on the path and drops it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the training process's to handle
     sock_fd, mem_fd = int(sys.argv[1]), int(sys.argv[2])
     conn = Connection(sock_fd)
