@@ -152,7 +152,11 @@ def test_an_error_in_any_replica_is_raised_and_the_next_step_works(batch_norm, b
         reps.close()
 
 
-def test_a_helper_that_dies_is_a_replica_error_not_a_hang(meetings):
+@pytest.mark.parametrize("when", ["between-steps", "at-a-meeting"])
+def test_a_helper_that_dies_is_a_replica_error_not_a_hang(meetings, when):
+    """A helper killed between two steps (the next step's command finds it gone), or
+    while the model waits at a meeting for its sums (in shared memory or as a message):
+    a ReplicaError naming it, instead of waiting for ever."""
     x, y = batch(8)
     reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
     try:
@@ -160,24 +164,12 @@ def test_a_helper_that_dies_is_a_replica_error_not_a_hang(meetings):
         reps._procs[0].kill()
         reps._procs[0].wait()
         with pytest.raises(ReplicaError, match="replica process 1"):
-            reps.forward_backward(x, y)
-    finally:
-        reps.close()
-
-
-def test_a_helper_that_dies_while_the_model_waits_at_a_meeting_is_a_replica_error(meetings):
-    """The model waiting for a helper's sums (in shared memory or as a message) notices
-    that the helper ended, instead of waiting for ever."""
-    x, y = batch(8)
-    reps = Replicas(tiny(), SoftmaxCrossEntropy(), 2, max_batch=8)
-    try:
-        reps.forward_backward(x, y)
-        reps._procs[0].kill()
-        reps._procs[0].wait()
-        reps._step_id += 1  # the model alone at a new step's first meeting
-        reps._final, reps._meetings = [None, None], 0
-        with pytest.raises(ReplicaError, match="replica process 1 ended"):
-            reps._sum_over_replicas(np.zeros(9))
+            if when == "between-steps":
+                reps.forward_backward(x, y)
+            else:  # the model alone at a new step's first meeting
+                reps._step_id += 1
+                reps._final, reps._meetings = [None, None], 0
+                reps._sum_over_replicas(np.zeros(9))
     finally:
         reps.close()
 
