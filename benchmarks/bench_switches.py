@@ -67,18 +67,15 @@ def _blocked_sgd_update(model, on):
     optim.UPDATE_BLOCK = _DEFAULT_BLOCK if on else 0
 
 
-def _shared_meetings(model, on, step=None):
-    from tinyvgg import replicas
-    replicas.SHARED_MEETINGS = on
-    if step is not None:
-        step.replicas.close()  # the next step starts helpers that meet the new way
-
-
-def _grads_in_place(model, on, step=None):
-    from tinyvgg import replicas
-    replicas.GRADS_IN_PLACE = on
-    if step is not None:
-        step.replicas.close()  # the next step starts helpers that write them the new way
+def _replicas_flag(flag):
+    """The switch of ``tinyvgg.replicas.<flag>``, which the helpers read when they start:
+    set it, and end the helpers, so that the next step starts them with it."""
+    def switch(model, on, step=None):
+        from tinyvgg import replicas
+        setattr(replicas, flag, on)
+        if step is not None:
+            step.replicas.close()
+    return switch
 
 
 def _default_block():
@@ -88,8 +85,8 @@ def _default_block():
 
 _DEFAULT_BLOCK = _default_block()
 SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
-            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _shared_meetings,
-            "grads_in_place": _grads_in_place}
+            "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _replicas_flag("SHARED_MEETINGS"),
+            "grads_in_place": _replicas_flag("GRADS_IN_PLACE")}
 REPLICAS = {"shared_meetings": 2, "grads_in_place": 2}  # switches timed on the step of replicas
 ONLY = {"shared_meetings": lambda cfg: cfg[7]}  # networks a switch applies to: BatchNorm has the meetings
 

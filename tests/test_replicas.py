@@ -321,7 +321,7 @@ def test_a_helper_stopped_in_the_middle_of_a_step_ends_cleanly(capfd, meetings):
     if meetings == "messages":
         assert reps._next(1)[0] == "sums"  # it waits at the first BatchNorm layer now
     else:  # the same, in shared memory: its number of the step's first meeting
-        flag, first = reps._block["meeting"][1], reps._step_id * replicas._MEETINGS_PER_STEP + 1
+        flag, first = reps._block["meeting"][1], replicas._meeting_number(reps._step_id, 1)
         for _ in range(1000):
             if flag[0] == first:
                 break

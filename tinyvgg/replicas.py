@@ -141,7 +141,7 @@ SHARED_MEETINGS = platform.machine().lower() in {"x86_64", "amd64", "x86", "i386
 # the step time, 0.91x with the pinned Haswell kernel; VGG-11-BN width 1/4 1.05x in that
 # run, 0.96-0.98x in three more (0.93x pinned); the others 0.99-1.01x.
 GRADS_IN_PLACE = True
-_MEETINGS_PER_STEP = 1 << 20  # a meeting's number: step * _MEETINGS_PER_STEP + its count in the step
+_MEETINGS_PER_STEP = 1 << 20  # bound on a step's meetings, for the numbers of _meeting_number
 _SPIN_POLLS = 20000  # polls (of a pipe, or shared memory) before a wait sleeps between them
 _YIELD_POLLS = 2000  # polls of shared memory before a wait yields its core between polls
 _START_TIMEOUT_S = 120
@@ -257,6 +257,12 @@ def _receive(conn, alive, who, when="during a training step"):
 _yield_core = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 
+def _meeting_number(step, count):
+    """The flag value of a step's ``count``-th meeting in shared memory: never 0 (a new
+    mapping's flags) and never one of an earlier step's, aborted or not."""
+    return step * _MEETINGS_PER_STEP + count
+
+
 def _poll_until(done, check):
     """Poll shared memory until ``done()``: without pause at first (the other side of a
     meeting is usually microseconds away), then yielding the core between polls (more
@@ -304,7 +310,7 @@ class _HelperSum:
         self.count += 1
         if self.shared is not None:  # fast path: through the shared memory
             meeting, total, sums, r = self.shared
-            number, k = self.step * _MEETINGS_PER_STEP + self.count, s.size
+            number, k = _meeting_number(self.step, self.count), s.size
             sums[:k] = s
             meeting[r, 0] = number  # after the sums (see SHARED_MEETINGS)
             _poll_until(lambda: meeting[0, 0] == number, self._check)
@@ -553,10 +559,10 @@ class Replicas:
         """Replica 0's BatchNorm ``reduce(s)``: its sums plus every helper's, in
         replica order, handed back to every helper."""
         self._meetings += 1
+        total = s.copy()
         if self._shared_meetings:  # fast path: through the shared memory
             b, k = self._block, s.size
-            meeting, number = b["meeting"], self._step_id * _MEETINGS_PER_STEP + self._meetings
-            total = s.copy()
+            meeting, number = b["meeting"], _meeting_number(self._step_id, self._meetings)
             for r in range(1, self.n):
                 _poll_until(lambda: meeting[r, 0] == number, lambda: self._check_helper(r))
                 total += b[f"sums{r}"][:k]
@@ -564,7 +570,6 @@ class Replicas:
             meeting[0, 0] = number  # after the total (see SHARED_MEETINGS)
             s[...] = total
             return
-        total = s.copy()
         for r in range(1, self.n):
             msg = self._next(r)
             if msg[0] != "sums":
