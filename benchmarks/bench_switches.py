@@ -23,6 +23,11 @@ The switches (each measured with the others at their defaults):
   gradients straight into the shared memory the model reads them from
   (``replicas.GRADS_IN_PLACE``, ``Layer.grads_into``) instead of copying them there
   after the backward pass; every network.
+- ``channels_last_weights``: on 2 replicas, every Conv2d weight (and its momentum
+  buffer) stored channels-last, as ``Conv2d`` stores it
+  (``tinyvgg.ops.cpu.channels_last.CHANNELS_LAST_WEIGHTS``), instead of
+  C-contiguous, which costs the convolutions a copy of the weight in each pass and a
+  transpose of its gradient; the helpers restart at every switch.
 
 The same model's step (bench_train.py's: forward, loss, backward, SGD) is timed in
 blocks of steps that alternate between the switch off and on, for ``--rounds``
@@ -78,6 +83,24 @@ def _replicas_flag(flag):
     return switch
 
 
+def _channels_last_weights(model, on, step):
+    """Store every Conv2d weight and its momentum buffer channels-last (on) or
+    C-contiguous (off), and end the helpers (their shared copies take the new layout)."""
+    from tinyvgg.layers import Conv2d
+    from tinyvgg.ops.cpu import channels_last as cl
+    cl.CHANNELS_LAST_WEIGHTS = on
+    relayout = cl.channels_last_weight if on else np.ascontiguousarray
+    names = {id(p): name for name, p, _ in model.named_parameters()}
+    for layer in model.layers:
+        if isinstance(layer, Conv2d):
+            name = names[id(layer.params["weight"])]
+            layer.params["weight"] = relayout(layer.params["weight"])
+            if name in step.opt.buffers:
+                step.opt.buffers[name] = relayout(step.opt.buffers[name])
+    if getattr(step, "replicas", None) is not None:
+        step.replicas.close()
+
+
 def _default_block():
     from tinyvgg import optim
     return optim.UPDATE_BLOCK
@@ -86,8 +109,9 @@ def _default_block():
 _DEFAULT_BLOCK = _default_block()
 SWITCHES = {"relu_inplace": _relu_inplace, "caller_runs_a_task": _caller_runs_a_task,
             "blocked_sgd_update": _blocked_sgd_update, "shared_meetings": _replicas_flag("SHARED_MEETINGS"),
-            "grads_in_place": _replicas_flag("GRADS_IN_PLACE")}
-REPLICAS = {"shared_meetings": 2, "grads_in_place": 2}  # switches timed on the step of replicas
+            "grads_in_place": _replicas_flag("GRADS_IN_PLACE"), "channels_last_weights": _channels_last_weights}
+# switches timed on the step of replicas
+REPLICAS = {"shared_meetings": 2, "grads_in_place": 2, "channels_last_weights": 2}
 ONLY = {"shared_meetings": lambda cfg: cfg[7]}  # networks a switch applies to: BatchNorm has the meetings
 
 

@@ -93,6 +93,7 @@ def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm, replicas
             split.forward_backward(x, y)
             opt.step()
         split_step.replicas = split  # (kept alive with the closure)
+        split_step.opt = opt
         return split_step, model
 
     def step():
@@ -100,6 +101,7 @@ def tinyvgg_step(name, size, width, batch, classes, hidden, batch_norm, replicas
         loss_fn.forward(logits, y)
         model.backward(loss_fn.backward(), input_grad=False)  # as the trainer: no dx for the images
         opt.step()
+    step.opt = opt
     return step, model
 
 

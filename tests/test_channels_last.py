@@ -31,25 +31,57 @@ def test_as_channels_last_keeps_shape_and_values():
     assert channel_rows(x) is None
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+@pytest.mark.parametrize("weight_stored", ["nchw", "channels_last"])
 @pytest.mark.parametrize("stored", ["nchw", "channels_last"])
 @pytest.mark.parametrize("k,s,p", [((3, 3), 1, 1), ((3, 3), 2, 1), ((1, 1), 1, 0), ((2, 3), 1, (2, 1))])
-def test_conv_takes_either_layout_and_returns_channels_last(stored, k, s, p):
+def test_conv_takes_either_layout_and_returns_channels_last(stored, weight_stored, chunk_bytes, k, s, p):
+    """Either layout of the input and of the weight, whole or in chunks (chunk_bytes=1:
+    one row of one image per chunk where it can): the loops' numbers; the output and dx
+    stored channels-last, dW stored as the weight is."""
     r = np.random.default_rng(1)
     x = r.standard_normal((3, 4, 7, 9))
     w = r.standard_normal((5, 4) + k)
     b = r.standard_normal(5)
     xin = as_channels_last(x) if stored == "channels_last" else x
-    y, cache = conv2d_forward(xin, w, b, s, p)
+    win = cl.channels_last_weight(w) if weight_stored == "channels_last" else w
+    assert cl.is_channels_last(win) == (weight_stored == "channels_last" or k == (1, 1))
+    y, cache = conv2d_forward(xin, win, b, s, p, chunk_bytes=chunk_bytes)
     assert isinstance(cache, cl.ChannelsLastConvCache) and cl.is_channels_last(y)
     np.testing.assert_allclose(y, conv2d_forward_loop(x, w, b, s, p), **TIGHT)
     dy = r.standard_normal(y.shape)
     for dy_in in (dy, as_channels_last(dy)):
         dx, dw, db = conv2d_backward(dy_in, cache)
         dx_r, dw_r, db_r = conv2d_backward_loop(dy, x, w, s, p)
-        assert cl.is_channels_last(dx) and dw.flags.c_contiguous and dw.shape == w.shape
+        assert cl.is_channels_last(dx) and dw.shape == w.shape
+        assert cl.is_channels_last(dw) == cl.is_channels_last(win)
+        assert dw.flags.c_contiguous == win.flags.c_contiguous
         np.testing.assert_allclose(dx, dx_r, **TIGHT)
         np.testing.assert_allclose(dw, dw_r, **TIGHT)
         np.testing.assert_allclose(db, db_r, **TIGHT)
+
+
+def test_channels_last_weight_keeps_values_and_leaves_other_arrays_alone(monkeypatch):
+    w = np.random.default_rng(2).standard_normal((6, 3, 3, 2)).astype(np.float32)
+    v = cl.channels_last_weight(w)
+    assert v.shape == w.shape and v.dtype == w.dtype and cl.is_channels_last(v) and not v.flags.c_contiguous
+    np.testing.assert_array_equal(v, w)
+    assert cl.channels_last_weight(v) is v                      # stored so already: no copy
+    w3 = w[:, :, 0]
+    assert cl.channels_last_weight(w3) is w3                    # not 4-D: returned as it is
+    monkeypatch.setattr(cl, "CHANNELS_LAST_WEIGHTS", False)
+    assert cl.channels_last_weight(w) is w
+
+
+def test_conv2d_stores_its_weight_and_gradient_channels_last():
+    layer = L.Conv2d(3, 8, 3, padding=1)
+    w = layer.params["weight"]
+    assert cl.is_channels_last(w) and not w.flags.c_contiguous
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    y = layer.forward(x, train=True)
+    layer.backward(np.ones_like(y))
+    assert layer.grads["weight"].strides == w.strides
+    assert layer.to("cpu").params["weight"] is w                # not moved: the same array
 
 
 @pytest.fixture(params=["plain", "row_slices"])

@@ -106,6 +106,22 @@ def test_gradcheck_of_a_deep_narrow_vgg_still_catches_a_small_wrong_gradient():
     assert report["features.21.weight"].max_error <= 1e-6, report
 
 
+@pytest.mark.parametrize("stored", ["c_order", "fortran", "channels_last"])
+def test_numerical_gradient_perturbs_arrays_of_any_memory_order(stored):
+    """Index i means position i of x flattened in C order, and the perturbation
+    reaches x whatever its layout (a Conv2d weight is stored channels-last)."""
+    from tinyvgg.gradcheck import numerical_gradient
+    from tinyvgg.ops.cpu.channels_last import channels_last_weight
+    r = np.random.default_rng(11)
+    x0, c = r.standard_normal((3, 4, 2, 2)), r.standard_normal((3, 4, 2, 2))
+    x = {"c_order": x0.copy(), "fortran": np.asfortranarray(x0), "channels_last": channels_last_weight(x0)}[stored]
+    idx = np.arange(0, x.size, 5)
+    num, kink = numerical_gradient(lambda: np.sum(c * x), x, np.ones(()), idx)
+    np.testing.assert_allclose(num, c.reshape(-1)[idx], rtol=1e-7)
+    assert not kink.any()
+    np.testing.assert_array_equal(x, x0)  # restored
+
+
 def test_gradcheck_refuses_float32():
     with pytest.raises(TypeError, match="float64"):
         check_gradients(L.Linear(3, 2), np.zeros((2, 3), np.float32))

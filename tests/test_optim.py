@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tinyvgg import layers as L
+from tinyvgg.ops.cpu.channels_last import channels_last_weight
 from tinyvgg.optim import SGD, ConstantLR, CosineLR, ReduceOnPlateau, StepLR, make_schedule
 
 
@@ -217,26 +218,35 @@ def _blocked_model():
                    "conv.weight": rng.standard_normal((13, 11)).astype(np.float32),  # 143: not a whole block
                    "bn.bias": rng.standard_normal(5).astype(np.float32),              # 1-D
                    "head.weight": rng.standard_normal((40, 25)),                      # float64
-                   "t.weight": rng.standard_normal((4, 6)).astype(np.float32).T})     # not contiguous
+                   "t.weight": rng.standard_normal((4, 6)).astype(np.float32).T,      # not contiguous
+                   # stored channels-last, as Conv2d stores its weight
+                   "features.0.weight": channels_last_weight(rng.standard_normal((7, 5, 3, 3)).astype(np.float32))})
 
 
 @pytest.mark.parametrize("kw", [dict(momentum=0.9, nesterov=True, weight_decay=5e-4, decay_bias_and_norm=False),
                                 dict(momentum=0.9, weight_decay=1e-2),
                                 dict(momentum=0.0, weight_decay=0.0)])
-def test_blocked_update_equals_the_simple_version_bit_for_bit(monkeypatch, kw):
+@pytest.mark.parametrize("grads_stored", ["c_order", "like_params"])
+def test_blocked_update_equals_the_simple_version_bit_for_bit(monkeypatch, kw, grads_stored):
     """SGD's fast path on NumPy (blocks of UPDATE_BLOCK values, shared between the
     worker threads) against the simple version on whole arrays (UPDATE_BLOCK = 0):
-    the same parameters and momentum buffers after three steps, exactly."""
+    the same parameters and momentum buffers after three steps, exactly, whatever
+    the parameters' memory order and whether the gradients are stored like them."""
     from tinyvgg import optim
 
     def run(block):
         monkeypatch.setattr(optim, "UPDATE_BLOCK", block)
         m = _blocked_model()
+        strides = {k: p.strides for k, p in m.params.items()}
         opt = SGD(m, lr=0.05, **kw)
         rng = np.random.default_rng(4)
         for _ in range(3):
             m.grads = {k: rng.standard_normal(p.shape).astype(p.dtype) for k, p in m.params.items()}
+            if grads_stored == "like_params":
+                m.grads = {k: _stored_like(g, m.params[k]) for k, g in m.grads.items()}
             opt.step()
+        assert {k: p.strides for k, p in m.params.items()} == strides  # updated in place
+        assert all(opt.buffers[k].strides == m.params[k].strides for k in opt.buffers)
         return m.params, opt.buffers
 
     simple_params, simple_buffers = run(0)
@@ -250,3 +260,35 @@ def test_blocked_update_equals_the_simple_version_bit_for_bit(monkeypatch, kw):
             np.testing.assert_array_equal(buffers[k], simple_buffers[k], err_msg=f"{k}, block {block}")
     moved = run(8)[0]["fc.weight"] - _blocked_model().params["fc.weight"]
     assert np.all(moved != 0)  # every block was updated, none skipped
+
+
+def _stored_like(a, like):
+    out = np.empty_like(like)  # (order "K": like's memory order)
+    out[...] = a
+    return out
+
+
+def test_flat_views_follow_memory_order_and_write_through():
+    from tinyvgg.optim import _flat_views
+    p = channels_last_weight(np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2))
+    v = np.empty_like(p)
+    g = p.copy(order="C") * 10  # stored otherwise: copied in p's order
+    fp, fg, fv = _flat_views(p, g, v)
+    assert np.shares_memory(fp, p) and np.shares_memory(fv, v)
+    np.testing.assert_array_equal(fg, fp * 10)  # position i is the same element in each
+    fp[5] = -1.0
+    assert (p == -1.0).sum() == 1
+    assert _flat_views(p, g, p.copy(order="C")) is None  # a buffer stored otherwise: no flat view
+
+
+def test_loaded_momentum_buffers_are_stored_like_their_parameters():
+    m = _blocked_model()
+    opt = SGD(m, lr=0.1, momentum=0.9)
+    m.grads = {k: np.ones_like(p) for k, p in m.params.items()}
+    opt.step()
+    state = opt.state_dict()
+    again = SGD(m, lr=0.1, momentum=0.9)
+    again.load_state_dict(state)
+    for k, p in m.params.items():
+        assert again.buffers[k].strides == p.strides, k
+        np.testing.assert_array_equal(again.buffers[k], opt.buffers[k])

@@ -383,3 +383,22 @@ def test_helpers_that_copy_their_gradients_give_the_same_step(monkeypatch):
         check_split_step(reps, tiny(batch_norm=False), *batch(9))
     finally:
         reps.close()
+
+
+def test_shared_memory_stores_each_parameter_and_gradient_as_the_model_does():
+    """A Conv2d stores its weight channels-last: its shared copy and the helpers' gradient
+    slots are stored the same way, so the model keeps that layout after the first step and
+    no copy between the processes transposes."""
+    from tinyvgg.ops.cpu.channels_last import is_channels_last
+    model = tiny()
+    strides = {name: p.strides for name, p, _ in model.named_parameters()}
+    assert any(is_channels_last(p) and not p.flags.c_contiguous for _, p, _ in model.named_parameters())
+    reps = Replicas(model, SoftmaxCrossEntropy(), 2, max_batch=8)
+    try:
+        check_split_step(reps, tiny(), *batch(8))
+        for name, p, g in model.named_parameters():
+            assert p is reps._block[f"p/{name}"], name
+            assert p.strides == strides[name] and g.strides == strides[name], name
+            assert reps._block[f"g1/{name}"].strides == strides[name], name
+    finally:
+        reps.close()

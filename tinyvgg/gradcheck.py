@@ -186,7 +186,8 @@ def _snapshot(y):
 
 
 def numerical_gradient(f, x, dy, indices, h=1e-6, kink_tol=1e-3, smooth_tol=1e-7, floor_ratio=1e-3):
-    """Central differences of ``sum(dy * f())`` with respect to ``x`` at ``indices``.
+    """Central differences of ``sum(dy * f())`` with respect to ``x`` at ``indices``
+    (positions in ``x`` flattened in C order, whatever its memory layout).
 
     ``f`` takes no argument and reads ``x``, which is perturbed in place and
     restored (f is evaluated at x, and at x +- h and x +- 2h per coordinate).
@@ -194,20 +195,18 @@ def numerical_gradient(f, x, dy, indices, h=1e-6, kink_tol=1e-3, smooth_tol=1e-7
     that sit within h of a kink (one-sided slopes that disagree by ``kink_tol``,
     or third and fourth differences above ``smooth_tol``; see the module docstring).
     """
-    if not x.flags.c_contiguous:  # reshape would copy, and the perturbation would be lost
-        raise ValueError("numerical_gradient: x must be a C-contiguous array")
     dy = _snapshot(dy)
     y0 = _snapshot(f())
     n = len(indices)
     central, plus, minus, rough = (np.empty(n) for _ in range(4))
-    flat = x.reshape(-1)
     for k, i in enumerate(indices):
-        old = float(flat[i])
+        at = np.unravel_index(int(i), x.shape)  # (indexing writes through any layout; a reshape may copy)
+        old = float(x[at])
         ys = {}
         for step in (1, -1, 2, -2):
-            flat[i] = old + step * h
+            x[at] = old + step * h
             ys[step] = _snapshot(f())
-        flat[i] = old
+        x[at] = old
         p1, m1 = _contract(dy, ys[1], y0), _contract(dy, y0, ys[-1])
         p2, m2 = _contract(dy, ys[2], y0), _contract(dy, y0, ys[-2])
         plus[k], minus[k] = p1 / h, m1 / h

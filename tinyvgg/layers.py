@@ -33,6 +33,7 @@ from . import backend
 from .ops import (channel_rows, choose_path, conv2d_backward, conv2d_forward, conv_output_size, matmul,
                   maxpool2d_backward, maxpool2d_forward, pair)
 from .ops.cpu import parallel
+from .ops.cpu.channels_last import channels_last_weight
 
 __all__ = ["ShapeError", "Layer", "Conv2d", "MaxPool2d", "ReLU", "Dropout", "Linear",
            "Flatten", "LocalResponseNorm", "BatchNorm2d", "BatchNorm1d"]
@@ -154,6 +155,12 @@ class Conv2d(Layer):
     non-square kernels work. Parameters: ``weight`` (F, C, KH, KW), ``bias`` (F,).
     Initialised from N(0, 0.01^2) with zero bias (the paper's scheme for net A);
     :mod:`tinyvgg.models.init` re-initialises whole models.
+
+    On the host the weight is stored channels-last, (F, KH, KW, C) in memory
+    (:func:`tinyvgg.ops.cpu.channels_last.channels_last_weight`: the fast path then
+    needs no re-layout of it, and its gradient comes out stored the same way). Its
+    shape, values and indexing are the same as any (F, C, KH, KW) array's; only a
+    ``reshape`` of it copies.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -169,9 +176,17 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d: padding must be >= 0, got {padding!r}")
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
-        self.params["weight"] = _init_normal((self.out_channels, self.in_channels, kh, kw), 0.01, self.dtype)
+        weight = _init_normal((self.out_channels, self.in_channels, kh, kw), 0.01, self.dtype)
+        self.params["weight"] = channels_last_weight(weight)
         if bias:
             self.params["bias"] = _zeros((self.out_channels,), self.dtype)
+
+    def to(self, device=None):
+        weight = self.params["weight"]
+        super().to(device)
+        if self.params["weight"] is not weight:  # moved (to the host: stored channels-last again)
+            self.params["weight"] = channels_last_weight(self.params["weight"])
+        return self
 
     def extra_repr(self):
         k = self.kernel_size[0] if self.kernel_size[0] == self.kernel_size[1] else self.kernel_size

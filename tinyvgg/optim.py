@@ -137,11 +137,14 @@ class SGD:
     def _update(self, name, p, g):
         """The simple version: one parameter's update on whole arrays, with a scratch
         array of its shape kept between steps (no allocation per step)."""
+        v, first = self._buffer(name, p) if self.momentum else (None, False)
+        self._apply(p, g, v, self._scratch_for(name, p), self._decays(p), first)
+
+    def _scratch_for(self, name, p):
         d = self._scratch.get(name)
         if d is None or d.shape != p.shape or d.dtype != p.dtype:
             d = self._scratch[name] = backend.get_array_module(p).empty_like(p)
-        v, first = self._buffer(name, p) if self.momentum else (None, False)
-        self._apply(p, g, v, d, self._decays(p), first)
+        return d
 
     def _step_blocked(self, params):
         """The fast path on NumPy: the same update on blocks of ``UPDATE_BLOCK`` values.
@@ -158,12 +161,11 @@ class SGD:
         block."""
         segments = []  # (p, g, v, decay, first, lo, hi) on flattened views
         for name, p, g in params:
-            v = self.buffers.get(name)
-            if not (p.flags.c_contiguous and (v is None or v.flags.c_contiguous)):
-                self._update(name, p, g)     # no flat view to write through: whole arrays
-                continue
             v, first = self._buffer(name, p) if self.momentum else (None, False)
-            flat = (p.reshape(-1), g.reshape(-1), None if v is None else v.reshape(-1))
+            flat = _flat_views(p, g, v)
+            if flat is None:                 # no flat views to write through: whole arrays
+                self._apply(p, g, v, self._scratch_for(name, p), self._decays(p), first)
+                continue
             step = max(UPDATE_BLOCK, -(-p.size // parallel.workers()))
             for lo in range(0, p.size, step):
                 segments.append(flat + (self._decays(p), first, lo, min(lo + step, p.size)))
@@ -213,7 +215,9 @@ class SGD:
             if tuple(np.shape(value)) != tuple(params[name].shape):
                 raise ValueError(f"SGD.load_state_dict: momentum buffer {name} has shape "
                                  f"{np.shape(value)}, parameter {params[name].shape}")
-            self.buffers[name] = backend.to_device(np.asarray(value, dtype=params[name].dtype))
+            buf = backend.get_array_module(params[name]).empty_like(params[name])  # stored as its parameter
+            buf[...] = backend.to_device(np.asarray(value, dtype=params[name].dtype))
+            self.buffers[name] = buf
 
 
 # --- learning-rate schedules ---------------------------------------------------
@@ -410,6 +414,20 @@ def make_schedule(name, optimizer, *, epochs, steps_per_epoch, patience=2, step_
     if name == "constant":
         return ConstantLR(optimizer, warmup_steps=warmup)
     raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def _flat_views(p, g, v):
+    """``(p, g, v)`` flattened in the memory order of ``p``, so that position i of each
+    is the same element, whether ``p`` is C-contiguous or not (a Conv2d's weight is
+    stored channels-last, :func:`tinyvgg.ops.cpu.channels_last.channels_last_weight`).
+    ``p`` and the momentum buffer ``v`` (or None) are views, written through; the
+    gradient ``g`` is only read, and copied when stored otherwise. None when ``p`` or
+    ``v`` is not stored densely in that order."""
+    order = sorted(range(p.ndim), key=lambda a: -p.strides[a])  # outermost axis first
+    pt, vt = p.transpose(order), None if v is None else v.transpose(order)
+    if not (pt.flags.c_contiguous and (vt is None or vt.flags.c_contiguous)):
+        return None
+    return pt.reshape(-1), g.transpose(order).reshape(-1), None if vt is None else vt.reshape(-1)
 
 
 def _balanced_groups(items, n, size):

@@ -180,13 +180,15 @@ def _batch_norms(model):
 
 class _Block:
     """Named arrays carved out of one shared memory mapping, 64-byte aligned:
-    ``specs`` is ``[(key, shape, dtype)]``; ``fd`` an open file descriptor of the
-    mapping (None: create one, a ``memfd`` where Linux has it, else an unlinked
-    temporary file)."""
+    ``specs`` is ``[(key, shape, dtype, order)]``, ``order`` the axes from outermost to
+    innermost in memory (``range(ndim)``: C-contiguous; a Conv2d's weight is stored
+    channels-last, and its gradient and the shared copies of both are stored alike);
+    ``fd`` an open file descriptor of the mapping (None: create one, a ``memfd`` where
+    Linux has it, else an unlinked temporary file)."""
 
     def __init__(self, specs, fd=None):
         offsets, size = [], 0
-        for _, shape, dtype in specs:
+        for _, shape, dtype, _ in specs:
             offsets.append(size)
             size += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // 64) * 64
         size = max(size, 64)
@@ -198,8 +200,9 @@ class _Block:
             os.ftruncate(fd, size)
         self.fd = fd
         self.map = mmap.mmap(fd, size)
-        self.arrays = {key: np.ndarray(shape, dtype=dtype, buffer=self.map, offset=off)
-                       for (key, shape, dtype), off in zip(specs, offsets)}
+        self.arrays = {key: np.ndarray([shape[a] for a in order], dtype=dtype, buffer=self.map,
+                                       offset=off).transpose(np.argsort(order))
+                       for (key, shape, dtype, order), off in zip(specs, offsets)}
 
     def __getitem__(self, key):
         return self.arrays[key]
@@ -212,18 +215,20 @@ def _specs(model, n, capacity):
     dtype = model.dtype
     s, c = model.input_size, model.config.get("in_channels", 3)
     k = model.config["num_classes"]
-    params = [(name, p.shape) for name, p, _ in model.named_parameters()]
-    specs = [(f"p/{name}", shape, dtype) for name, shape in params]
+    # each parameter stored in memory as the model stores it: its axes outermost first
+    params = [(name, p.shape, tuple(sorted(range(p.ndim), key=lambda a: -p.strides[a])))
+              for name, p, _ in model.named_parameters()]
+    specs = [(f"p/{name}", shape, dtype, order) for name, shape, order in params]
     # BatchNorm's meetings (SHARED_MEETINGS): the meeting numbers, one 64-byte row per
     # replica (row 0: the total's); the total; each helper's sums
     slot = max([2 * bn.num_features + 1 for bn in _batch_norms(model)] + [1])
-    specs += [("meeting", (n, 8), np.int64), ("total", (slot,), np.float64)]
-    specs += [(f"sums{r}", (slot,), np.float64) for r in range(1, n)]
+    plain = [("meeting", (n, 8), np.int64), ("total", (slot,), np.float64)]
+    plain += [(f"sums{r}", (slot,), np.float64) for r in range(1, n)]
     for r in range(1, n):
-        specs += [(f"g{r}/{name}", shape, dtype) for name, shape in params]
-        specs += [(f"x{r}", (capacity, c, s, s), dtype), (f"y{r}", (capacity,), np.int64),
+        specs += [(f"g{r}/{name}", shape, dtype, order) for name, shape, order in params]
+        plain += [(f"x{r}", (capacity, c, s, s), dtype), (f"y{r}", (capacity,), np.int64),
                   (f"z{r}", (capacity, k), dtype)]
-    return specs
+    return specs + [(key, shape, dtype, tuple(range(len(shape)))) for key, shape, dtype in plain]
 
 
 # -- messages ----------------------------------------------------------------------

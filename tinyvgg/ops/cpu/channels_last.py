@@ -40,22 +40,37 @@ When a layer's columns for the whole batch are small (``KEEP_COLUMNS_BYTES``,
 the narrow networks trained on CPUs), the forward pass keeps them for backward,
 which then does not build them again; larger ones are recomputed chunk by chunk
 (the memory bound of the channels-first version).
+
+**The weights are stored channels-last too** (:func:`channels_last_weight`, what
+:class:`tinyvgg.layers.Conv2d` keeps on the host): a weight (F, C, KH, KW) whose
+numbers sit (F, KH, KW, C) in memory. Then Wt (F, KH*KW*C) is a view of it, not a
+copy; dW comes out of its product as dWt (F, K) = dy2.T @ cols, which *is* the
+gradient (F, C, KH, KW) stored the same way (a view again); and the flipped weights
+of dx's convolution are copied in runs of C numbers instead of gathered one number
+at a time. On a C-contiguous weight the same code copies (Wt) and transposes (dW):
+at width 1 those three re-layouts moved the 37 MB of VGG-11's convolution weights
+about four times per step (measured in ``benchmarks/bench_switches.py``, switch
+``channels_last_weights``).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ...backend import get_array_module
 from ..shapes import as_strided, conv_output_size
 from . import parallel, scratch
 
 __all__ = ["conv2d_forward_cl", "conv2d_backward_cl", "ChannelsLastConvCache", "nhwc",
-           "is_channels_last", "empty_like_layout"]
+           "is_channels_last", "empty_like_layout", "channels_last_weight"]
 
 # Bound on one chunk's columns: images, or a band of rows of one image when one image is
 # over it. Two chunks are in flight on two cores: 32 MB keeps a forward+backward of the
 # 224-pixel, 64-channel layer (batch 8) near 0.41 GB above its inputs.
 CHUNK_BYTES = 32 << 20
 KEEP_COLUMNS_BYTES = 32 << 20  # forward keeps a layer's columns for backward up to this (0: never)
+# Conv2d stores its weight channels-last on the host (see the module notes; False: C-contiguous)
+CHANNELS_LAST_WEIGHTS = True
 
 
 def is_channels_last(a):
@@ -68,6 +83,20 @@ def nhwc(a):
     stored channels-last already, else one transposing copy."""
     xp = get_array_module(a)
     return xp.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def channels_last_weight(weight):
+    """``weight`` (F, C, KH, KW) with the same values stored (F, KH, KW, C): the
+    layout of the products' rows Wt (see the module notes). Returned as it is when
+    it is stored so already, is not a NumPy array (the GPU's kernels take any
+    layout) or ``CHANNELS_LAST_WEIGHTS`` is off."""
+    if not CHANNELS_LAST_WEIGHTS or type(weight) is not np.ndarray or weight.ndim != 4 \
+            or is_channels_last(weight):
+        return weight
+    f, c, kh, kw = weight.shape
+    out = np.empty((f, kh, kw, c), dtype=weight.dtype).transpose(0, 3, 1, 2)
+    out[...] = weight
+    return out
 
 
 def empty_like_layout(a, shape, dtype=None):
@@ -159,10 +188,21 @@ def _columns(x, g, xp, rows=None):
 
 
 def _rows_weight(weight):
-    """``weight`` (F, C, KH, KW) as Wt (F, KH*KW*C): columns ordered (i, j, c) like the columns'."""
+    """``weight`` (F, C, KH, KW) as Wt (F, KH*KW*C): columns ordered (i, j, c) like the
+    columns'. A view of a weight stored channels-last, else a copy."""
     xp = get_array_module(weight)
     f = weight.shape[0]
     return xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(f, -1)
+
+
+def _flipped_rows_weight(weight):
+    """The rows of dx's convolution (see :func:`_dx_geometry`): the weights flipped in
+    both spatial axes with F and C swapped, (C, KH*KW*F) with columns ordered (i, j, f),
+    ``wf[c, (i, j, f)] = weight[f, c, KH-1-i, KW-1-j]``. Built as its transpose
+    (KH*KW*F, C), a copy in runs of C numbers when the weight is stored channels-last."""
+    xp = get_array_module(weight)
+    f, c, kh, kw = weight.shape
+    return xp.ascontiguousarray(weight.transpose(2, 3, 0, 1)[::-1, ::-1]).reshape(kh * kw * f, c).T
 
 
 def _conv_chunk(y2, x, wt, g, bias, relu, xp, rows=None):
@@ -243,7 +283,10 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
     gt = _dx_geometry(g, weight.shape, chunk_bytes, dy.dtype.itemsize)
     as_conv = gt is not None
     if input_grad and as_conv:
-        wt_flip = _rows_weight(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        wt_flip = _flipped_rows_weight(weight)
+    # dW in the weight's own layout: dWt (F, K) is the gradient stored channels-last
+    # (then the result is a view of it); else dWt.T (K, F), transposed at the end
+    weight_cl = is_channels_last(weight)
     dx = xp.empty((g.n, g.h, g.w, c), dtype=dy.dtype) if input_grad else None
     chunks = g.chunks()
     dw_parts, db_parts = [None] * len(chunks), [None] * len(chunks)
@@ -254,7 +297,7 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
         cols = kept.pop((n0, n1, r0, r1), None)              # (m*OH*OW, K): the forward's,
         if cols is None:                                     # or built again from x
             cols = _columns(x[n0:n1], g, xp, (r0, r1))
-        dw_parts[i] = xp.matmul(cols.T, dy2)                 # dWt.T (K, F)
+        dw_parts[i] = xp.matmul(dy2.T, cols) if weight_cl else xp.matmul(cols.T, dy2)  # dWt or dWt.T
         if has_bias:  # ones @ dy2: BLAS sums the columns far faster than dy2.sum(axis=0)
             db_parts[i] = xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
         if not input_grad:
@@ -271,8 +314,11 @@ def conv2d_backward_cl(dy, cache, input_grad=True):
 
     parallel.run(chunk, chunks, xp, threads=g.tasks > 1)
     kept.clear()  # (every chunk took its own out already)
-    dwt = parallel.sum_in_order(dw_parts)                            # (K, F), rows (i, j, c)
-    dw = xp.ascontiguousarray(dwt.T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
+    dwt = parallel.sum_in_order(dw_parts)              # (F, K) or (K, F); K ordered (i, j, c)
+    if weight_cl:
+        dw = dwt.reshape(f, kh, kw, c).transpose(0, 3, 1, 2)   # a view, stored as the weight is
+    else:
+        dw = xp.ascontiguousarray(dwt.T.reshape(f, kh, kw, c).transpose(0, 3, 1, 2))
     db = parallel.sum_in_order(db_parts) if has_bias else None
     return (dx.transpose(0, 3, 1, 2) if input_grad else None), dw, db
 
