@@ -216,9 +216,12 @@ def main(argv=None):
     p.add_argument("--compare-args", default="",
                    help="options added to the compared run's command (e.g. \"--replicas 1\": this checkout "
                         "without replicas, when --compare-root is not given)")
-    p.add_argument("--compare-label", default="before", help="its name in the report")
+    p.add_argument("--compare-label", default=None,
+                   help="its name in the report (default: \"before\" for --compare-root, else \"compared\")")
     p.add_argument("--out", default=str(C.REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
+    if args.compare_label is None:  # the same checkout with other options is not "before" anything
+        args.compare_label = "before" if args.compare_root else "compared"
     if args.quick:
         args.limit, args.epochs, args.rounds, args.batch_sizes = 72, 2, 1, [16]
     elif not Path(args.data_dir).is_dir():
@@ -253,8 +256,15 @@ def main(argv=None):
 
 
 def _commit(root):
+    """The short commit of the checkout ``root``, with " + uncommitted changes" when its
+    tracked files differ from it; None when ``root`` is not a git checkout (an archive)."""
     r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() or None
+    commit = r.stdout.strip()
+    if r.returncode != 0 or not commit:
+        return None
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return commit + (" + uncommitted changes" if dirty else "")
 
 
 def blas_of(env):
@@ -296,7 +306,7 @@ def markdown(payload):
         if ranks:
             headers += [f"tinyvgg train, {ranks} MPI ranks img/s", f"time ratio ({ranks} ranks)"]
         if cmp:
-            what = f"{cmp['commit']}" + (f", `{cmp['args']}`" if cmp.get("args") else "")
+            what = ", ".join([cmp["commit"] or "not a git checkout"] + ([f"`{cmp['args']}`"] if cmp.get("args") else []))
             headers += [f"{cmp['label']} ({what}) img/s", f"speed-up over {cmp['label']}"]
         lines += [C.table(headers, trs), ""]
         for r in res["rows"]:
