@@ -185,6 +185,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--merge", nargs="+", help="profile JSON files to put side by side")
     args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # before a run's minutes, not after
     if args.merge:
         return merge(args.merge, args.out)
     if not Path(args.data_dir).is_dir():
