@@ -221,6 +221,22 @@ def test_relu_in_place_writes_over_its_input_and_gives_the_same_numbers(shape, c
     assert repr(inplace) == "ReLU(inplace=True)" and repr(plain) == "ReLU()"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_with_zero_is_numpys_maximum_bit_for_bit(monkeypatch, dtype):
+    """The ReLU's blocked maximum against zeros: np.maximum(x, 0) exactly (signed
+    zeros, NaN, infinities), across block edges and in place."""
+    monkeypatch.setattr(L, "ZERO_BLOCK", 7)
+    monkeypatch.setattr(L, "_zero_blocks", {})
+    x = np.random.default_rng(3).standard_normal(50).astype(dtype)
+    x[:5] = [-0.0, 0.0, np.nan, np.inf, -np.inf]
+    want = np.maximum(x, 0)
+    out = np.empty_like(x)
+    L._max_with_zero(x, out)
+    assert out.tobytes() == want.tobytes()
+    L._max_with_zero(x, x)                              # in place
+    assert x.tobytes() == want.tobytes()
+
+
 def lrn_loop(x, size, alpha, beta, k):
     """PyTorch/Caffe definition, written out channel by channel."""
     y = np.empty_like(x)

@@ -308,7 +308,7 @@ class ReLU(Layer):
 
         def task(i, a, b):
             xp.greater(flat[a:b], 0, out=mf[a:b])
-            xp.maximum(flat[a:b], x.dtype.type(0), out=yf[a:b])
+            _max_with_zero(flat[a:b], yf[a:b])
         _run_in_slices(task, x)
         self._cache = mask
         return y
@@ -338,6 +338,24 @@ def _memory_order(a):
         return a.reshape(-1)
     rows = channel_rows(a)
     return None if rows is None else rows.reshape(-1)
+
+
+ZERO_BLOCK = 1 << 14  # values per np.maximum call of _max_with_zero (64 KB of float32: stays in cache)
+_zero_blocks = {}     # dtype -> a read-only block of ZERO_BLOCK zeros
+
+
+def _max_with_zero(src, out):
+    """``out = max(src, 0)`` for 1-D NumPy arrays, as ``np.maximum`` against a block of
+    zeros, one cache-sized block at a time. The same numbers as ``np.maximum(src, 0)``,
+    whose scalar operand NumPy (2.4) runs in a loop without SIMD: measured 0.18 against
+    0.07 ms on 2 MB of float32 (the first ReLU of VGG-11 width 1/4, batch 32)."""
+    zeros = _zero_blocks.get(src.dtype)
+    if zeros is None:
+        zeros = _zero_blocks[src.dtype] = np.zeros(ZERO_BLOCK, dtype=src.dtype)
+        zeros.flags.writeable = False
+    for a in range(0, src.size, ZERO_BLOCK):
+        b = min(a + ZERO_BLOCK, src.size)
+        np.maximum(src[a:b], zeros[:b - a], out=out[a:b])
 
 
 def _run_in_slices(task, a):
