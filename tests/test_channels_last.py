@@ -331,3 +331,11 @@ def test_no_bands_where_dx_could_not_share_them():
         assert g.band == g.oh and g.chunk == 1
     g = cl._Geometry((2, 3, 8, 8), 4, (3, 3), (1, 1), (1, 1), 8, 1)
     assert g.band == 1 and len(g.chunks()) == 2 * 8  # a 'same' convolution: one row per chunk
+
+
+def test_memory_order_names_the_axes_outermost_first():
+    from tinyvgg.ops.shapes import memory_order
+    w = np.zeros((4, 3, 2, 5), np.float32)
+    assert memory_order(w) == (0, 1, 2, 3)
+    assert memory_order(cl.channels_last_weight(w)) == (0, 2, 3, 1)
+    assert memory_order(np.asfortranarray(w)) == (3, 2, 1, 0)

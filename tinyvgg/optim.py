@@ -25,6 +25,7 @@ import numpy as np
 
 from . import backend
 from .ops.cpu import parallel
+from .ops.shapes import memory_order
 
 # Values per block of the NumPy update (SGD._step_blocked): 64K float32 values are
 # 256 KB per array, so a block's passes stay in a core's cache. 0: whole arrays (the
@@ -423,7 +424,7 @@ def _flat_views(p, g, v):
     ``p`` and the momentum buffer ``v`` (or None) are views, written through; the
     gradient ``g`` is only read, and copied when stored otherwise. None when ``p`` or
     ``v`` is not stored densely in that order."""
-    order = sorted(range(p.ndim), key=lambda a: -p.strides[a])  # outermost axis first
+    order = memory_order(p)
     pt, vt = p.transpose(order), None if v is None else v.transpose(order)
     if not (pt.flags.c_contiguous and (vt is None or vt.flags.c_contiguous)):
         return None

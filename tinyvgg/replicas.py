@@ -89,6 +89,7 @@ import numpy as np
 from . import backend
 from .layers import BatchNorm1d, BatchNorm2d
 from .ops.cpu import parallel
+from .ops.shapes import memory_order
 
 __all__ = ["Replicas", "ReplicaError", "default_replicas", "MIN_STEP_MACS", "MAX_IMAGE_MACS",
            "MAX_DEFAULT_REPLICAS", "MIN_DEFAULT_SHARE", "MIN_DEFAULT_SHARE_MESSAGES", "SHARED_MEETINGS"]
@@ -216,8 +217,7 @@ def _specs(model, n, capacity):
     s, c = model.input_size, model.config.get("in_channels", 3)
     k = model.config["num_classes"]
     # each parameter stored in memory as the model stores it: its axes outermost first
-    params = [(name, p.shape, tuple(sorted(range(p.ndim), key=lambda a: -p.strides[a])))
-              for name, p, _ in model.named_parameters()]
+    params = [(name, p.shape, memory_order(p)) for name, p, _ in model.named_parameters()]
     specs = [(f"p/{name}", shape, dtype, order) for name, shape, order in params]
     # BatchNorm's meetings (SHARED_MEETINGS): the meeting numbers, one 64-byte row per
     # replica (row 0: the total's); the total; each helper's sums

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 
 __all__ = ["pair", "conv_output_size", "window_geometry", "pad_input", "window_view", "as_strided",
-           "channel_rows"]
+           "channel_rows", "memory_order"]
 
 
 def pair(v, what="value"):
@@ -102,3 +102,11 @@ def channel_rows(x):
         return None
     t = x.transpose(0, 2, 3, 1)
     return t.reshape(-1, x.shape[1]) if t.flags.c_contiguous else None
+
+
+def memory_order(a):
+    """The axes of ``a`` from outermost to innermost in memory: ``(0, 1, ..., ndim-1)``
+    for a C-contiguous array, ``(0, 2, 3, 1)`` for an (N, C, H, W) array stored
+    channels-last (a Conv2d weight on the host). ``a.transpose(memory_order(a))`` is
+    C-contiguous when ``a`` is stored densely in some order."""
+    return tuple(sorted(range(a.ndim), key=lambda axis: -a.strides[axis]))
