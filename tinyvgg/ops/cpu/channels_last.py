@@ -48,9 +48,10 @@ copy; dW comes out of its product as dWt (F, K) = dy2.T @ cols, which *is* the
 gradient (F, C, KH, KW) stored the same way (a view again); and the flipped weights
 of dx's convolution are copied in runs of C numbers instead of gathered one number
 at a time. On a C-contiguous weight the same code copies (Wt) and transposes (dW):
-at width 1 those three re-layouts moved the 37 MB of VGG-11's convolution weights
-about four times per step (measured in ``benchmarks/bench_switches.py``, switch
-``channels_last_weights``).
+at width 1 those re-layouts move the 37 MB of VGG-11's convolution weights about four
+times per step. Stored channels-last, the width-1 step took 0.80-0.85x the time on 2
+replicas (``benchmarks/bench_switches.py --switches channels_last_weights``, results in
+``benchmarks/results/channels_last_weights_zen5_2026-12-03/``).
 """
 
 from __future__ import annotations
